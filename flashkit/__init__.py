@@ -1,0 +1,36 @@
+"""flashkit: JIT-specialized attention, SSM-scan and MoE kernels as drop-in torch ops.
+
+``import flashkit`` is cheap: torch, triton and the ops load on first attribute access, and
+nothing compiles or touches a GPU until an op runs.
+"""
+from __future__ import annotations
+
+import importlib
+
+from ._version import __version__
+
+# Public name -> module that defines it; resolved lazily (PEP 562).
+_LAZY = {
+    "merge_state": "flashkit.ops",
+    "merge_state_in_place": "flashkit.ops",
+    "merge_states": "flashkit.ops",
+    "plan_split_kv": "flashkit.ops",
+    "SplitKVPlan": "flashkit.ops",
+}
+_SUBMODULES = ("jit", "ops")
+
+__all__ = ["__version__", *_LAZY, *_SUBMODULES]
+
+
+def __getattr__(name: str):
+    if name in _SUBMODULES:
+        return importlib.import_module(f"flashkit.{name}")
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'flashkit' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))

@@ -1,0 +1,61 @@
+"""flashkit packaging. jit/ and ops/ install as flashkit.jit and flashkit.ops; templates/ and
+csrc/ ship inside the package (flashkit/templates, flashkit/csrc), where flashkit.jit finds them."""
+import os
+import re
+
+from setuptools import find_packages, setup
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def _version() -> str:
+    text = open(os.path.join(HERE, "flashkit", "_version.py")).read()
+    return re.search(r'__version__ = "([^"]+)"', text).group(1)
+
+
+def _packages():
+    """flashkit.* from flashkit/, jit/ and ops/, plus the data folders as packages."""
+    pkgs, dirs = [], {}
+    for prefix, folder in (("flashkit", "flashkit"), ("flashkit.jit", "jit"), ("flashkit.ops", "ops")):
+        dirs[prefix] = folder
+        pkgs.append(prefix)
+        for sub in find_packages(folder):
+            pkgs.append(f"{prefix}.{sub}")
+            dirs[f"{prefix}.{sub}"] = os.path.join(folder, *sub.split("."))
+    for data in ("templates", "csrc"):
+        for root, _, _ in os.walk(os.path.join(HERE, data)):
+            rel = os.path.relpath(root, HERE)
+            name = "flashkit." + rel.replace(os.sep, ".")
+            pkgs.append(name)
+            dirs[name] = rel
+    return pkgs, dirs
+
+
+PACKAGES, PACKAGE_DIR = _packages()
+
+setup(
+    name="flashkit",
+    version=_version(),
+    description="JIT-specialized attention, SSM-scan and MoE kernels as drop-in torch ops",
+    long_description=open(os.path.join(HERE, "README.md")).read() if os.path.exists(os.path.join(HERE, "README.md")) else "",
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=PACKAGES,
+    package_dir=PACKAGE_DIR,
+    package_data={name: ["*.j2", "*.cuh", "*.h", "*.cpp", "*.cu"]
+                  for name in PACKAGES if name.split(".")[1:2] in (["templates"], ["csrc"])},
+    install_requires=[
+        "torch>=2.6",
+        "triton>=3.2; platform_system == 'Linux'",
+        "jinja2>=3.1",
+        "ninja>=1.11",
+        "pybind11>=2.12",
+        "filelock>=3.12",
+        "rich>=13",
+        "numpy>=1.24",
+        "cuda-python>=12.6; platform_system == 'Linux'",
+        "nvidia-cuda-nvrtc; platform_system == 'Linux'",
+    ],
+    extras_require={"test": ["pytest>=8", "pytest-xdist>=3", "pytest-benchmark>=4"]},
+    entry_points={"console_scripts": ["flashkit = flashkit.cli:main"]},
+)
