@@ -1,0 +1,1 @@
+"""flashkit.ops: public torch ops, one folder per op family."""

@@ -1,0 +1,1 @@
+"""Host-side schedulers (split-KV work partitioning) built by the ninja backend."""
