@@ -1,4 +1,5 @@
-"""flashkit packaging. jit/ and ops/ install as flashkit.jit and flashkit.ops; templates/ and
+"""flashkit packaging. jit/, ops/ and bench/ install as flashkit.jit, flashkit.ops and
+flashkit.bench; templates/ and
 csrc/ ship inside the package (flashkit/templates, flashkit/csrc), where flashkit.jit finds them."""
 import os
 import re
@@ -16,7 +17,8 @@ def _version() -> str:
 def _packages():
     """flashkit.* from flashkit/, jit/ and ops/, plus the data folders as packages."""
     pkgs, dirs = [], {}
-    for prefix, folder in (("flashkit", "flashkit"), ("flashkit.jit", "jit"), ("flashkit.ops", "ops")):
+    for prefix, folder in (("flashkit", "flashkit"), ("flashkit.jit", "jit"), ("flashkit.ops", "ops"),
+                           ("flashkit.bench", "bench")):
         dirs[prefix] = folder
         pkgs.append(prefix)
         for sub in find_packages(folder):
