@@ -1,0 +1,147 @@
+"""`flashkit demo` (and `make demo`): every op on the best device here, checked against its
+reference, every JIT backend exercised, then a short timing table."""
+from __future__ import annotations
+
+import os
+import time
+
+
+def _device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _merge_checks(device: str, backends: list[str]):
+    """(op, backend, shape, max abs err, tolerance, seconds) for the merge ops."""
+    import torch
+
+    import flashkit
+    from flashkit.ops.attention import naive_merge_states
+
+    g = torch.Generator().manual_seed(int(time.time()))  # fresh inputs on every run
+    seq, n, heads, dim = (4096, 8, 32, 128) if device == "cuda" else (64, 4, 8, 128)
+    v = torch.randn(seq, n, heads, dim, generator=g).to(device, torch.bfloat16)
+    s = (torch.randn(seq, n, heads, generator=g) * 4).to(device)
+    s[::7, 0] = float("-inf")
+    ref_v, ref_s = naive_merge_states(v.double(), s.double())
+    ref2_v, ref2_s = naive_merge_states(v[:, :2].double(), s[:, :2].double())
+    rows = []
+    for backend in backends:
+        for op in ("merge_states", "merge_state", "merge_state_in_place"):
+            t0 = time.perf_counter()
+            if op == "merge_states":
+                out_v, out_s = flashkit.merge_states(v, s, backend=backend)
+                want_v, want_s = ref_v, ref_s
+            elif op == "merge_state":
+                out_v, out_s = flashkit.merge_state(v[:, 0], s[:, 0], v[:, 1], s[:, 1], backend=backend)
+                want_v, want_s = ref2_v, ref2_s
+            else:
+                out_v, out_s = v[:, 0].clone(), s[:, 0].clone()
+                flashkit.merge_state_in_place(out_v, out_s, v[:, 1], s[:, 1], backend=backend)
+                want_v, want_s = ref2_v, ref2_s
+            if device == "cuda":
+                torch.cuda.synchronize()
+            seconds = time.perf_counter() - t0
+            err = max((out_v.double() - want_v).abs().max().item(),
+                      (out_s.double() - want_s).nan_to_num(0.0).abs().max().item())
+            rows.append((op, backend, f"{seq}x{n}x{heads}x{dim} bf16", err, 1.6e-2, seconds))
+    return rows
+
+
+def _nvrtc_rows(device: str):
+    """Compile every shipped CUDA specialization (for this GPU, else sm_80 and sm_90)."""
+    import torch
+
+    from flashkit import jit, ops  # noqa: F401  (registers the shipped specs)
+
+    if not jit.get_backend("nvrtc").available()[0]:
+        return []
+    if device == "cuda":
+        major, minor = torch.cuda.get_device_capability()
+        archs = [f"sm_{major}{minor}"]
+    else:
+        archs = ["sm_80", "sm_90"]
+    specs = [s for s in jit.shipped_specs(archs) if s.backend == "nvrtc"]
+    t0 = time.perf_counter()
+    results = jit.build_many(specs)
+    ok = sum(1 for r in results if not isinstance(r, BaseException))
+    compiled = sum(1 for r in results if not isinstance(r, BaseException) and r.compiled)
+    return [(f"nvrtc build ({','.join(archs)})", f"{ok}/{len(specs)} ok",
+             f"{compiled} compiled, {ok - compiled} cached", time.perf_counter() - t0,
+             ok == len(specs))]
+
+
+def _planner_rows():
+    import torch
+
+    from flashkit.ops.scheduler import naive_plan_split_kv, plan_split_kv
+
+    g = torch.Generator().manual_seed(int(time.time()))
+    # Pareto(64, 1.2) lengths by inverse CDF: most requests short, a few very long.
+    kv_lens = (64 * (1 - torch.rand(256, generator=g)) ** (-1 / 1.2)).clamp(max=65536).long()
+    kv_lens[::17] = 0
+    t0 = time.perf_counter()
+    plan = plan_split_kv(kv_lens, 264, page_size=16, backend="ninja")
+    first = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    for _ in range(20):
+        plan = plan_split_kv(kv_lens, 264, page_size=16, backend="ninja")
+    per_plan = (time.perf_counter() - t0) / 20
+    ref = naive_plan_split_kv(kv_lens.tolist(), 264, page_size=16)
+    same = all(torch.equal(getattr(plan, f), torch.as_tensor(getattr(ref, f)))
+               for f in ("request", "kv_start", "kv_end", "merge_indptr", "worker_indptr",
+                         "worker_items", "worker_load"))
+    return [("plan_split_kv (ninja)", f"batch 256 -> {plan.num_items} items, chunk {plan.chunk_size}",
+             f"first call {first:.2f} s (build or cache load), then {per_plan * 1e6:.0f} us/plan",
+             per_plan, same)]
+
+
+def main(quick: bool = True) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    device = _device()
+    if device == "cpu":
+        # Before any Triton module loads: without a GPU, Triton kernels run in its interpreter.
+        os.environ.setdefault("TRITON_INTERPRET", "1")
+    from .doctor import collect
+
+    console = Console(width=150)
+    info = collect()
+    console.rule("[bold]flashkit demo")
+    console.print(f"flashkit {info['flashkit']}  torch {info['torch']}  triton {info['triton']}  "
+                  f"{info['nvrtc']}  GPU: {info['gpu']}")
+    for name, state in info["backends"].items():
+        console.print(f"  {name:<7}{state}")
+
+    backends = ["torch", "triton"] + (["cuda"] if device == "cuda" and
+                                      info["backends"]["nvrtc"].startswith("compile +") else [])
+    table = Table(title=f"ops on {device}, checked against the float64 reference", title_justify="left")
+    for col in ("op", "backend", "shape", "max abs err", "tolerance", "seconds", "status"):
+        table.add_column(col)
+    all_ok = True
+    for op, backend, shape, err, tol, seconds in _merge_checks(device, backends):
+        ok = err <= tol
+        all_ok &= ok
+        note = " (interpreter)" if backend == "triton" and device == "cpu" else ""
+        table.add_row(op, backend + note, shape, f"{err:.2e}", f"{tol:.0e}", f"{seconds:.3f}",
+                      "[green]ok" if ok else "[red]FAIL")
+    console.print(table)
+
+    jit_table = Table(title="JIT backends", title_justify="left")
+    for col in ("what", "result", "detail", "seconds", "status"):
+        jit_table.add_column(col)
+    for what, result, detail, seconds, ok in _nvrtc_rows(device) + _planner_rows():
+        all_ok &= ok
+        jit_table.add_row(what, result, detail, f"{seconds:.4f}", "[green]ok" if ok else "[red]FAIL")
+    console.print(jit_table)
+
+    from flashkit.bench.run import main as bench_main
+
+    console.rule("timings (flashkit bench --quick)")
+    bench_args = ["merge_states", "split_kv", "--device", device, "--no-save"]
+    status = bench_main(bench_args + (["--quick"] if quick else []))
+    all_ok &= status == 0
+    console.rule("[green]all checks passed" if all_ok else "[red]some checks failed")
+    return 0 if all_ok else 1
