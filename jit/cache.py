@@ -39,7 +39,9 @@ class BuildResult:
     seconds: float  # build time (from the manifest on a hit)
 
 
-_loaded: dict[KernelSpec, Any] = {}
+# Keyed by uri, not by the spec's fields: an edited template gives equal fields but a new uri.
+# Launchers keep their specs (lru_cache) so the uri, a render plus a hash, is computed once.
+_loaded: dict[str, Any] = {}
 _load_lock = threading.Lock()
 
 
@@ -149,17 +151,18 @@ def load(spec: KernelSpec) -> Any:
 
     In-process hits are a dict lookup; a cache hit on disk costs a checksum and an import.
     """
-    module = _loaded.get(spec)
+    uri = spec.uri
+    module = _loaded.get(uri)
     if module is not None:
         return module
     with _load_lock:
-        module = _loaded.get(spec)
+        module = _loaded.get(uri)
         if module is None:
             result = build(spec)
             manifest = json.loads((result.path / MANIFEST).read_text())
             module = get_backend(spec.backend).load(spec, result.path / manifest["artifact"])
             _touch(result.path)
-            _loaded[spec] = module
+            _loaded[uri] = module
     return module
 
 

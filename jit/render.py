@@ -33,17 +33,21 @@ def render(template: str, params: Mapping[str, Any], root: str | Path | None = N
 _INCLUDE = re.compile(r'^\s*#\s*include\s*"([^"]+)"', re.MULTILINE)
 
 
-def included_headers(source: str, include_dir: Path = CSRC_DIR) -> list[Path]:
-    """Every header under ``include_dir`` reached from ``source`` through ``#include "..."``.
+def included_headers(source: str, include_dir: Path | None = None) -> list[Path]:
+    """Every header reached from ``source`` through ``#include "..."``, resolved as the compilers
+    do: next to the including header first, then under ``include_dir`` (default csrc/).
 
     They are hashed into the uri: editing a header gives a new specialization.
     """
+    include_dir = Path(include_dir or CSRC_DIR)
     seen: dict[Path, None] = {}
-    todo = [source]
+    todo: list[tuple[str, Path | None]] = [(source, None)]
     while todo:
-        for name in _INCLUDE.findall(todo.pop()):
-            path = include_dir / name
-            if path.is_file() and path not in seen:
+        text, folder = todo.pop()
+        for name in _INCLUDE.findall(text):
+            candidates = ([folder / name] if folder else []) + [include_dir / name]
+            path = next((c.resolve() for c in candidates if c.is_file()), None)
+            if path is not None and path not in seen:
                 seen[path] = None
-                todo.append(path.read_text())
+                todo.append((path.read_text(), path.parent))
     return sorted(seen)

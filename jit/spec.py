@@ -54,11 +54,17 @@ class KernelSpec:
             raise ValueError(f"KernelSpec.backend must be one of {BACKENDS}, got {self.backend!r}")
         if self.backend == "nvrtc" and not re.match(r"^sm_\d+a?$", self.target):
             raise ValueError(f"an nvrtc KernelSpec needs target='sm_XX', got {self.target!r}")
+        try:
+            hash((self.params, self.flags))
+        except TypeError:
+            raise ValueError("KernelSpec.params values must be hashable (tuples, not lists), got "
+                             f"{self.params!r}") from None
 
     @classmethod
     def create(cls, name: str, backend: str, template: str, params: Mapping[str, Any] = None,
                **kwargs) -> "KernelSpec":
-        return cls(name, backend, template, tuple(sorted((params or {}).items())), **kwargs)
+        params = {k: tuple(v) if isinstance(v, list) else v for k, v in (params or {}).items()}
+        return cls(name, backend, template, tuple(sorted(params.items())), **kwargs)
 
     @property
     def param_dict(self) -> dict[str, Any]:

@@ -56,8 +56,11 @@ class NvrtcBackend(Backend):
 
         options = [f"--gpu-architecture={spec.target}", f"--include-path={CSRC_DIR}",
                    *BASE_OPTIONS, *spec.flags]
-        prog = _check(nvrtc.nvrtcCreateProgram(source_path.read_bytes(), str(source_path).encode(),
-                                               0, [], []), "nvrtcCreateProgram")
+        # Named by uri, not by the temp build folder: stable -lineinfo paths and identical cubins
+        # from identical sources.
+        prog = _check(nvrtc.nvrtcCreateProgram(source_path.read_bytes(),
+                                               f"{spec.uri}/{source_path.name}".encode(), 0, [], []),
+                      "nvrtcCreateProgram")
         try:
             opts = [o.encode() for o in options]
             (err,) = nvrtc.nvrtcCompileProgram(prog, len(opts), opts)

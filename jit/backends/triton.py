@@ -35,7 +35,7 @@ class TritonBackend(Backend):
     def compile(self, spec, source_path: Path, build_dir: Path) -> Path:
         log_path = build_dir / "build.log"
         try:
-            compile(source_path.read_text(), str(source_path), "exec")
+            compile(source_path.read_text(), f"{spec.uri}/{source_path.name}", "exec")
         except SyntaxError:
             log = traceback.format_exc(limit=0)
             log_path.write_text(log)
