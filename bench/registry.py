@@ -1,0 +1,123 @@
+"""The registry of benchmark cases: one ``Case`` per (op, shape), registered by bench/cases/*.
+
+A case builds its inputs lazily in ``setup(device, quick)``, which returns a ``Setup``: the
+flashkit implementations to time (``"flashkit-<backend>"``), the baselines measured beside them
+in the same process, one or more input sets, and the reference that every output is checked
+against once. The FLOP and byte counts are written, with their formulas, next to each case.
+"""
+from __future__ import annotations
+
+import dataclasses
+import fnmatch
+import importlib
+import math
+import pkgutil
+from typing import Callable, Sequence
+
+__all__ = ["Case", "Setup", "register", "cases", "load_cases", "input_sets"]
+
+
+@dataclasses.dataclass
+class Setup:
+    """What a case's ``setup`` returns.
+
+    impls : {"flashkit-<backend>": fn}, each called as ``fn(*inputs[i])``
+    baselines : {"torch-reference": fn, ...}, called the same way; speedups are against these
+    inputs : one or more argument tuples; timing cycles through them (several where one set
+        would stay in L2 between repetitions)
+    reference : the oracle for the error check (float32 math), called on ``inputs[0]``
+    atol : a row whose max abs error exceeds this is reported as inaccurate
+    skipped : {impl: why it is not timed here}; reported as rows, never dropped silently
+    """
+
+    impls: dict[str, Callable]
+    baselines: dict[str, Callable]
+    inputs: list[tuple]
+    reference: Callable | None = None
+    atol: float | None = None
+    skipped: dict[str, str] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+    """One benchmark: an op at one shape.
+
+    name : "<op>/<shape id>", unique
+    op : the op family selected on the command line ("merge_states")
+    shape : a readable shape description
+    setup : (device, quick) -> Setup
+    flops, bytes : per call, from the case's formulas (0: not meaningful, e.g. host code)
+    devices : device types the case runs on
+    full : whether a normal run includes it
+    quick : device types whose ``--quick`` run includes it
+    host : host code, timed on the CPU whatever ``--device`` says
+    cold_l2 : flush L2 before each repetition
+    """
+
+    name: str
+    op: str
+    shape: str
+    setup: Callable[[str, bool], Setup]
+    flops: float = 0.0
+    bytes: float = 0.0
+    devices: tuple[str, ...] = ("cpu", "cuda")
+    full: bool = True
+    quick: tuple[str, ...] = ()
+    host: bool = False
+    cold_l2: bool = False
+
+
+_CASES: dict[str, Case] = {}
+
+
+def register(case: Case) -> Case:
+    if case.name in _CASES:
+        raise ValueError(f"benchmark case {case.name!r} is registered twice")
+    _CASES[case.name] = case
+    return case
+
+
+def load_cases() -> None:
+    """Import every module of the ``cases`` package next to this one (they register cases)."""
+    pkg = importlib.import_module(f"{__package__}.cases")
+    for info in pkgutil.iter_modules(pkg.__path__):
+        importlib.import_module(f"{pkg.__name__}.{info.name}")
+
+
+def _matches(case: Case, pattern: str) -> bool:
+    return (pattern == case.op or case.name.startswith(pattern)
+            or fnmatch.fnmatchcase(case.name, pattern))
+
+
+def cases(patterns: Sequence[str] = (), *, device: str | None = None,
+          quick: bool | None = None) -> list[Case]:
+    """Registered cases matching any pattern (an op, a name prefix or a glob; none: all),
+    runnable on ``device``'s type and part of the quick / full selection, in registration order."""
+    load_cases()
+    dev_type = None if device is None else str(device).split(":")[0]
+    selected = []
+    for c in _CASES.values():
+        if patterns and not any(_matches(c, p) for p in patterns):
+            continue
+        if dev_type is not None and not (c.host or dev_type in c.devices):
+            continue
+        in_quick = bool(c.quick) if dev_type is None else dev_type in c.quick
+        if quick is not None and not (in_quick if quick else c.full):
+            continue
+        selected.append(c)
+    return selected
+
+
+def input_sets(set_bytes: int, device: str, *, cap: int = 32) -> int:
+    """How many input sets to rotate through so that the working set is at least 4x L2.
+
+    One set of 8 MB on an H100 (50 MB L2) gives 25 sets. On the CPU one set: CPU timings here
+    are smoke tests, not the numbers we compare.
+    """
+    if not str(device).startswith("cuda"):
+        return 1
+    import torch
+
+    props = torch.cuda.get_device_properties(torch.device(device))
+    l2 = getattr(props, "L2_cache_size", 0) or 50 * 2**20
+    return max(1, min(cap, math.ceil(4 * l2 / max(set_bytes, 1))))
