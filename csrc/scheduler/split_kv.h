@@ -6,7 +6,7 @@
 //
 // Two phases so that the caller can allocate the outputs (numpy arrays today, pinned buffers
 // later) and have them written in place:
-//   split_kv_shape  - chunk size and item count (binary search over the chunk size)
+//   split_kv_shape  - chunk size and item count (a binary search over the makespan model)
 //   split_kv_fill   - the items, the merge CSR and the LPT assignment
 #pragma once
 
@@ -29,48 +29,62 @@ struct SplitKVShape {
 // ceil(a / b) for a >= 0, b >= 1, without the overflow of (a + b - 1) / b.
 inline int64_t ceil_div(int64_t a, int64_t b) { return a / b + (a % b != 0); }
 
-// sum_i ceil(pages_i / c) for pages sorted descending with the zeros dropped, stopping early
-// once it exceeds `limit` (the binary search only asks whether it fits). A request of at most c
-// pages is one item, so only the head of the list needs a division: on a Zipf batch of 256
+// sum_i ceil(pages_i / c) for pages sorted descending with the zeros dropped. A request of at
+// most c pages is one item, so only the head of the list needs a division: on a Zipf batch of 256
 // requests (264 workers) this took the search from 12 us to 2 us (2-core x86 VM).
-inline int64_t split_kv_num_items(const std::vector<int64_t>& pages_desc, int64_t c,
-                                  int64_t limit) {
+inline int64_t split_kv_num_items(const std::vector<int64_t>& pages_desc, int64_t c) {
   int64_t n = static_cast<int64_t>(pages_desc.size());
   for (int64_t p : pages_desc) {
-    if (p <= c || n > limit) break;
+    if (p <= c) break;
     n += ceil_div(p, c) - 1;
   }
   return n;
 }
 
+// The makespan model of a chunk of c pages: the longest item, L(c) = min(c * page_size, max_len)
+// + item_overhead, against the mean load, A(c) = ceil((sum_len + n_items(c) * item_overhead) / W).
+// LPT lands within one item of max(L, A); L grows with c and A shrinks, so the best c sits where
+// they cross.
+struct SplitKVModel {
+  const std::vector<int64_t>& pages_desc;
+  int64_t page_size, max_len, sum_len, item_overhead, num_workers;
+  int64_t longest(int64_t c) const { return std::min(c * page_size, max_len) + item_overhead; }
+  int64_t mean(int64_t c) const {
+    return ceil_div(sum_len + split_kv_num_items(pages_desc, c) * item_overhead, num_workers);
+  }
+  int64_t makespan(int64_t c) const { return std::max(longest(c), mean(c)); }
+};
+
 inline SplitKVShape split_kv_shape(const int64_t* kv_lens, int64_t batch, int64_t num_workers,
-                                   int64_t page_size, int64_t min_chunk_tokens) {
+                                   int64_t page_size, int64_t min_chunk_tokens,
+                                   int64_t item_overhead) {
   std::vector<int64_t> pages;
   pages.reserve(static_cast<size_t>(batch));
+  int64_t max_len = 0, sum_len = 0;
   for (int64_t i = 0; i < batch; ++i) {
     if (kv_lens[i] > 0) pages.push_back(ceil_div(kv_lens[i], page_size));
+    max_len = std::max(max_len, kv_lens[i]);
+    sum_len += kv_lens[i];
   }
   std::sort(pages.begin(), pages.end(), std::greater<int64_t>());
-  const int64_t max_pages = pages.empty() ? 0 : pages.front();
+  const SplitKVModel model{pages, page_size, max_len, sum_len, item_overhead, num_workers};
   const int64_t min_chunk_pages = std::max<int64_t>(1, ceil_div(min_chunk_tokens, page_size));
-  const int64_t hi = std::max(min_chunk_pages, max_pages);
-  int64_t c = hi;
-  if (split_kv_num_items(pages, hi, num_workers) <= num_workers) {
-    // Smallest c in [min_chunk_pages, hi] with n_items(c) <= num_workers; n_items is
-    // non-increasing in c and the predicate holds at hi.
-    int64_t lo = min_chunk_pages, up = hi;
-    while (lo < up) {
-      const int64_t mid = lo + (up - lo) / 2;
-      if (split_kv_num_items(pages, mid, num_workers) <= num_workers) {
-        up = mid;
-      } else {
-        lo = mid + 1;
-      }
+  const int64_t hi = std::max(min_chunk_pages, pages.empty() ? 0 : pages.front());
+  // Smallest c in [min_chunk_pages, hi] with longest(c) >= mean(c) (monotone); hi if none.
+  int64_t lo = min_chunk_pages, up = hi;
+  while (lo < up) {
+    const int64_t mid = lo + (up - lo) / 2;
+    if (model.longest(mid) >= model.mean(mid)) {
+      up = mid;
+    } else {
+      lo = mid + 1;
     }
-    c = lo;
   }
-  const int64_t n = split_kv_num_items(pages, c, INT64_MAX);
-  return {c, c * page_size, n};
+  int64_t c = lo;
+  // Left of the crossing the mean dominates: one page less may still be better (ties: larger c,
+  // fewer partial states to merge).
+  if (c > min_chunk_pages && model.makespan(c - 1) < model.makespan(c)) --c;
+  return {c, c * page_size, split_kv_num_items(pages, c)};
 }
 
 // Writes request/kv_start/kv_end [num_items], merge_indptr [batch + 1], worker_indptr

@@ -13,6 +13,9 @@ import torch
 
 from flashkit import jit
 
+__all__ = ["merge_state_spec", "shipped_cuda_specs", "device_arch", "merge_state_cuda",
+           "merge_states_cuda"]
+
 _CTYPES = {torch.float16: "flashkit::half_t", torch.bfloat16: "flashkit::bf16_t",
            torch.float32: "float"}
 _SHORT = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32"}
@@ -27,7 +30,7 @@ _MAX_VEC_BYTES = 16  # one LDG.E.128 / STG.E.128 per vector
 
 def _full_vec(dtype: torch.dtype, head_dim: int) -> int:
     """The widest vector head_dim allows: a power of two, at most 16 bytes."""
-    g = math.gcd(_MAX_VEC_BYTES // torch.tensor([], dtype=dtype).element_size(), head_dim)
+    g = math.gcd(_MAX_VEC_BYTES // dtype.itemsize, head_dim)
     return g & -g
 
 
@@ -36,7 +39,7 @@ def merge_state_spec(dtype: torch.dtype, head_dim: int, vec: int, arch: str) -> 
     width (elements per thread) and arch (``"sm_90"``)."""
     if dtype not in _CTYPES:
         raise ValueError(f"dtype must be one of {list(_SHORT.values())}, got {dtype}")
-    elem = torch.tensor([], dtype=dtype).element_size()
+    elem = dtype.itemsize
     if vec < 1 or vec & (vec - 1) or head_dim % vec or vec * elem > _MAX_VEC_BYTES:
         raise ValueError(f"vec must be a power of two dividing head_dim={head_dim} with at most "
                          f"{_MAX_VEC_BYTES} bytes, got {vec}")

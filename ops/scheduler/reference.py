@@ -38,17 +38,24 @@ def naive_plan_split_kv(kv_lens, num_workers: int, *, page_size: int = 1,
     pages = [_ceil_div(n, page_size) for n in lens]
     min_chunk_pages = max(1, _ceil_div(min_chunk_tokens, page_size))
     hi = max([min_chunk_pages, *pages])
-    if _num_items(pages, hi) > num_workers:
-        c = hi  # more non-empty requests than workers: split none
-    else:
-        lo, up = min_chunk_pages, hi
-        while lo < up:
-            mid = (lo + up) // 2
-            if _num_items(pages, mid) <= num_workers:
-                up = mid
-            else:
-                lo = mid + 1
-        c = lo
+    max_len, sum_len = max(lens, default=0), sum(lens)
+
+    def longest(c):  # the longest item's cost
+        return min(c * page_size, max_len) + item_overhead
+
+    def mean(c):  # the mean load, rounded up
+        return _ceil_div(sum_len + _num_items(pages, c) * item_overhead, num_workers)
+
+    lo, up = min_chunk_pages, hi
+    while lo < up:  # smallest c with longest(c) >= mean(c); hi if none
+        mid = (lo + up) // 2
+        if longest(mid) >= mean(mid):
+            up = mid
+        else:
+            lo = mid + 1
+    c = lo
+    if c > min_chunk_pages and max(longest(c - 1), mean(c - 1)) < max(longest(c), mean(c)):
+        c -= 1
     chunk_size = c * page_size
 
     request, kv_start, kv_end, merge_indptr = [], [], [], [0]

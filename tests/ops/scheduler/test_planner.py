@@ -63,16 +63,27 @@ def check_properties(plan: SplitKVPlan, kv_lens, num_workers, page_size, min_chu
     merge = plan.merge_indptr.numpy()
     assert request.shape == start.shape == end.shape == (n,)
 
-    # The chunk size: whole pages, at least min_chunk_tokens, and the smallest that fits.
+    # The chunk size: whole pages within bounds, and the largest minimizer of the makespan model
+    # max(longest item, mean load) -- checked by brute force over every candidate when few.
     pages, min_pages, hi = expected_pages(lens, page_size, min_chunk_tokens)
     c, rem = divmod(plan.chunk_size, page_size)
     assert rem == 0 and min_pages <= c <= hi
     n_items = lambda cc: int((-(-pages // cc)).sum())  # noqa: E731
     assert n == n_items(c)
-    if c < hi:
-        assert n <= num_workers
-    if c > min_pages:
-        assert n_items(c - 1) > num_workers, "a smaller chunk would have fit"
+    max_len, sum_len = int(lens.max(initial=0)), int(lens.sum())
+
+    def model(cc):
+        longest = min(cc * page_size, max_len) + item_overhead
+        return max(longest, -(-(sum_len + n_items(cc) * item_overhead) // num_workers))
+
+    if hi - min_pages <= 4096:
+        costs = [model(cc) for cc in range(min_pages, hi + 1)]
+        best = min(costs)
+        assert model(c) == best, f"chunk {c} pages: model {model(c)} > best {best}"
+        assert max(cc for cc, m in zip(range(min_pages, hi + 1), costs) if m == best) == c
+    else:
+        assert c == min_pages or model(c - 1) >= model(c)
+        assert c == hi or model(c + 1) >= model(c)
 
     # Each request's items tile [0, kv_len) in order, full chunks but the last.
     assert merge.shape == (batch + 1,) and merge[0] == 0 and merge[-1] == n
@@ -159,15 +170,27 @@ def test_tie_rules_by_hand():
 
 
 def test_split_by_hand():
-    # 1000 tokens over 4 workers (one taken by the 100-token request): 3 chunks of 334.
-    plan = plan_split_kv([1000, 0, 100], 4, min_chunk_tokens=256, item_overhead=32,
-                         backend="ninja")
-    assert plan.chunk_size == 334
-    assert plan.request.tolist() == [0, 0, 0, 2]
-    assert plan.kv_start.tolist() == [0, 334, 668, 0]
-    assert plan.kv_end.tolist() == [334, 668, 1000, 100]
-    assert plan.merge_indptr.tolist() == [0, 3, 3, 4]
-    assert plan.worker_load.tolist() == [366, 366, 364, 132]
+    # 1100 tokens, 4 workers, overhead 32. Chunks of 256..283 tokens give 5 items (4 + 1) and a
+    # mean load of ceil((1100 + 5 * 32) / 4) = 315; the longest item is chunk + 32, so 283 is the
+    # largest chunk at that makespan -- and LPT meets it exactly: 315 on every worker.
+    for backend in ("ninja", "python"):
+        plan = plan_split_kv([1000, 0, 100], 4, min_chunk_tokens=256, item_overhead=32,
+                             backend=backend)
+        assert plan.chunk_size == 283
+        assert plan.request.tolist() == [0, 0, 0, 0, 2]
+        assert plan.kv_start.tolist() == [0, 283, 566, 849, 0]
+        assert plan.kv_end.tolist() == [283, 566, 849, 1000, 100]
+        assert plan.merge_indptr.tolist() == [0, 4, 4, 5]
+        assert plan.worker_load.tolist() == [315, 315, 315, 315]
+
+
+def test_skewed_batch_is_balanced():
+    """256 Zipf-like requests on 264 workers: the longest worker stays near the mean load."""
+    rng = np.random.default_rng(0)
+    lens = np.minimum(rng.zipf(1.5, 256) * 256, 1 << 20)
+    plan = plan_split_kv(lens, 264, page_size=16, backend="ninja")
+    load = plan.worker_load.numpy()
+    assert load.max() <= 1.1 * load.mean()
 
 
 @pytest.mark.parametrize("make", [
@@ -228,8 +251,8 @@ def test_numpy_scalars_accepted():
 
 def test_repr_summary():
     text = repr(plan_split_kv([1000, 0, 100], 4, min_chunk_tokens=256, backend="python"))
-    assert text == ("SplitKVPlan(batch=3, items=4, chunk_size=334, workers=4/4 busy, "
-                    "max_load=366, mean_load=307.0)")
+    assert text == ("SplitKVPlan(batch=3, items=5, chunk_size=283, workers=4/4 busy, "
+                    "max_load=315, mean_load=315.0)")
 
 
 def test_spec_is_shipped():
