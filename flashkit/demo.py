@@ -125,7 +125,7 @@ def main(quick: bool = True) -> int:
         ok = err <= tol
         all_ok &= ok
         note = " (interpreter)" if backend == "triton" and device == "cpu" else ""
-        table.add_row(op, backend + note, shape, f"{err:.2e}", f"{tol:.0e}", f"{seconds:.3f}",
+        table.add_row(op, backend + note, shape, f"{err:.2e}", f"{tol:.1e}", f"{seconds:.3f}",
                       "[green]ok" if ok else "[red]FAIL")
     console.print(table)
 

@@ -34,13 +34,15 @@ def _run_pair(backend: str, v_a, s_a, v_b, s_b, v_out, s_out, mask=None):
             s_out.copy_(torch.where(mask[:, None], s, s_out))
 
 
-@torch.library.custom_op("flashkit::merge_state", mutates_args=())
-def _merge_state_op(v_a: torch.Tensor, s_a: torch.Tensor, v_b: torch.Tensor, s_b: torch.Tensor,
-                    backend: str) -> tuple[torch.Tensor, torch.Tensor]:
+def _merge_state_impl(v_a: torch.Tensor, s_a: torch.Tensor, v_b: torch.Tensor, s_b: torch.Tensor,
+                      backend: str) -> tuple[torch.Tensor, torch.Tensor]:
     v_out = torch.empty(v_a.shape, dtype=v_a.dtype, device=v_a.device)
     s_out = torch.empty(s_a.shape, dtype=torch.float32, device=s_a.device)
     _run_pair(backend, v_a, s_a, v_b, s_b, v_out, s_out)
     return v_out, s_out
+
+
+_merge_state_op = torch.library.custom_op("flashkit::merge_state", mutates_args=())(_merge_state_impl)
 
 
 @_merge_state_op.register_fake
@@ -49,11 +51,14 @@ def _(v_a, s_a, v_b, s_b, backend):
         s_a, dtype=torch.float32, memory_format=torch.contiguous_format)
 
 
-@torch.library.custom_op("flashkit::merge_state_in_place", mutates_args=("v", "s"))
-def _merge_state_in_place_op(v: torch.Tensor, s: torch.Tensor, v_other: torch.Tensor,
-                             s_other: torch.Tensor, mask: torch.Tensor | None,
-                             backend: str) -> None:
+def _merge_state_in_place_impl(v: torch.Tensor, s: torch.Tensor, v_other: torch.Tensor,
+                               s_other: torch.Tensor, mask: torch.Tensor | None,
+                               backend: str) -> None:
     _run_pair(backend, v, s, v_other, s_other, v, s, mask)
+
+
+_merge_state_in_place_op = torch.library.custom_op(
+    "flashkit::merge_state_in_place", mutates_args=("v", "s"))(_merge_state_in_place_impl)
 
 
 @_merge_state_in_place_op.register_fake
@@ -61,9 +66,8 @@ def _(v, s, v_other, s_other, mask, backend):
     return None
 
 
-@torch.library.custom_op("flashkit::merge_states", mutates_args=())
-def _merge_states_op(v: torch.Tensor, s: torch.Tensor,
-                     backend: str) -> tuple[torch.Tensor, torch.Tensor]:
+def _merge_states_impl(v: torch.Tensor, s: torch.Tensor,
+                       backend: str) -> tuple[torch.Tensor, torch.Tensor]:
     seq, _, heads, dim = v.shape
     if backend == "torch":
         v_out, s_out = reference.naive_merge_states(v, s)
@@ -81,10 +85,19 @@ def _merge_states_op(v: torch.Tensor, s: torch.Tensor,
     return v_out, s_out
 
 
+_merge_states_op = torch.library.custom_op("flashkit::merge_states", mutates_args=())(_merge_states_impl)
+
+
 @_merge_states_op.register_fake
 def _(v, s, backend):
     seq, _, heads, dim = v.shape
     return v.new_empty((seq, heads, dim)), s.new_empty((seq, heads), dtype=torch.float32)
+
+
+def _dispatch(op, impl):
+    """The registered op while torch.compile traces; the implementation itself in eager mode,
+    which skips the dispatcher's per-call cost (what a decode step pays per launch)."""
+    return op if torch.compiler.is_compiling() else impl
 
 
 def _check_state(prefix: str, v, s, like=None):
@@ -119,7 +132,7 @@ def merge_state(v_a: torch.Tensor, s_a: torch.Tensor, v_b: torch.Tensor, s_b: to
     _check_state("a", v_a, s_a)
     _check_state("b", v_b, s_b, like=v_a)
     backend = resolve_backend(backend, v_a.device)
-    return _merge_state_op(v_a, s_a, v_b, s_b, backend)
+    return _dispatch(_merge_state_op, _merge_state_impl)(v_a, s_a, v_b, s_b, backend)
 
 
 def merge_state_in_place(v: torch.Tensor, s: torch.Tensor, v_other: torch.Tensor,
@@ -135,7 +148,8 @@ def merge_state_in_place(v: torch.Tensor, s: torch.Tensor, v_other: torch.Tensor
     if mask is not None:
         check_tensor("mask", mask, dtypes=(torch.bool,), shape=v.shape[:1], device=v.device)
     backend = resolve_backend(backend, v.device)
-    _merge_state_in_place_op(v, s, v_other, s_other, mask, backend)
+    _dispatch(_merge_state_in_place_op, _merge_state_in_place_impl)(v, s, v_other, s_other, mask,
+                                                                    backend)
 
 
 def merge_states(v: torch.Tensor, s: torch.Tensor, *,
@@ -156,4 +170,4 @@ def merge_states(v: torch.Tensor, s: torch.Tensor, *,
     check_tensor("v", v, dtypes=FLOAT_DTYPES, ndim=4, last_dim_contiguous=True)
     check_tensor("s", s, dtypes=(torch.float32,), shape=v.shape[:3], device=v.device)
     backend = resolve_backend(backend, v.device)
-    return _merge_states_op(v, s, backend)
+    return _dispatch(_merge_states_op, _merge_states_impl)(v, s, backend)

@@ -175,3 +175,14 @@ def test_merge_state_bad_inputs():
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="backend='cuda' needs CUDA tensors"):
             flashkit.merge_state(v, s, v, s, backend="cuda")
+
+
+@pytest.mark.parametrize("backend", kernel_backends())
+def test_registered_ops_pass_opcheck(backend):
+    """torch.library.opcheck: schema, fake implementations and dispatch agree with the kernels."""
+    v, s = _states(5, 3, 4, 64, torch.float32, seed=4)
+    ops = torch.ops.flashkit
+    torch.library.opcheck(ops.merge_states.default, (v, s, backend))
+    torch.library.opcheck(ops.merge_state.default, (v[:, 0], s[:, 0], v[:, 1], s[:, 1], backend))
+    torch.library.opcheck(ops.merge_state_in_place.default,
+                          (v[:, 0].clone(), s[:, 0].clone(), v[:, 1], s[:, 1], None, backend))
