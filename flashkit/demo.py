@@ -13,7 +13,7 @@ def _device() -> str:
 
 
 def _merge_checks(device: str, backends: list[str]):
-    """(op, backend, shape, max abs err, tolerance, seconds) for the merge ops."""
+    """(op, backend, shape, max error, tolerance, seconds) for the merge ops."""
     import torch
 
     import flashkit
@@ -43,9 +43,14 @@ def _merge_checks(device: str, backends: list[str]):
             if device == "cuda":
                 torch.cuda.synchronize()
             seconds = time.perf_counter() - t0
-            err = max((out_v.double() - want_v).abs().max().item(),
-                      (out_s.double() - want_s).nan_to_num(0.0).abs().max().item())
-            rows.append((op, backend, f"{seq}x{n}x{heads}x{dim} bf16", err, 1.6e-2, seconds))
+            # Error relative to 1 + |ref|: bf16 output rounding is 2^-9 of the value (2^-8 in
+            # Triton's interpreter, which truncates), so 1e-2 leaves room for fp32 accumulation.
+            finite = torch.isfinite(want_s)
+            err = max(((out_v.double() - want_v).abs() / (1 + want_v.abs())).max().item(),
+                      ((out_s.double() - want_s)[finite].abs() / (1 + want_s[finite].abs())).max().item())
+            if not torch.equal(torch.isneginf(out_s), torch.isneginf(want_s)):
+                err = float("inf")  # an empty row must stay empty (s = -inf), and only those
+            rows.append((op, backend, f"{seq}x{n}x{heads}x{dim} bf16", err, 1e-2, seconds))
     return rows
 
 
@@ -118,7 +123,7 @@ def main(quick: bool = True) -> int:
     backends = ["torch", "triton"] + (["cuda"] if device == "cuda" and
                                       info["backends"]["nvrtc"].startswith("compile +") else [])
     table = Table(title=f"ops on {device}, checked against the float64 reference", title_justify="left")
-    for col in ("op", "backend", "shape", "max abs err", "tolerance", "seconds", "status"):
+    for col in ("op", "backend", "shape", "max |err|/(1+|ref|)", "tolerance", "seconds", "status"):
         table.add_column(col)
     all_ok = True
     for op, backend, shape, err, tol, seconds in _merge_checks(device, backends):

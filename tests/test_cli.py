@@ -50,6 +50,7 @@ def test_demo_end_to_end(tmp_path):
     """`flashkit demo` (what `make demo` runs): every check passes on this machine."""
     proc = subprocess.run([sys.executable, "-m", "flashkit", "demo"], capture_output=True,
                           text=True, timeout=900)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    failed = [line for line in proc.stdout.splitlines() if "FAIL" in line]
+    assert proc.returncode == 0, "\n".join(failed) + proc.stderr[-3000:]
     assert "all checks passed" in proc.stdout
     assert "FAIL" not in proc.stdout
