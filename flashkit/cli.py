@@ -75,6 +75,30 @@ def _cmd_jit_clear(args) -> int:
     return 0
 
 
+def _cmd_jit_bundle(args) -> int:
+    from . import jit
+
+    since = time.time() - 60 * args.since_minutes if args.since_minutes is not None else None
+    uris = None
+    if args.names:
+        import fnmatch
+
+        uris = [e["uri"] for e in jit.list_entries()
+                if any(fnmatch.fnmatch(e["uri"], p) or fnmatch.fnmatch(e.get("name", ""), p)
+                       for p in args.names)]
+    written = jit.export_bundle(args.path, uris=uris, since=since)
+    print(f"wrote {len(written)} entries to {args.path}")
+    return 0 if written else 1
+
+
+def _cmd_jit_unbundle(args) -> int:
+    from . import jit
+
+    added = jit.import_bundle(args.path)
+    print(f"added {len(added)} entries to {jit.cache_root()}")
+    return 0
+
+
 def _cmd_bench(args) -> int:
     from .bench.run import main as bench_main
 
@@ -104,6 +128,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="nvrtc target(s), e.g. sm_90 or sm_80,sm_90 (default: this GPU, else both)")
     b.set_defaults(fn=_cmd_jit_build)
     jit_sub.add_parser("clear", help="remove this version's cache").set_defaults(fn=_cmd_jit_clear)
+    bundle = jit_sub.add_parser("bundle", help="pack cache entries into an AOT bundle (.tar.gz)")
+    bundle.add_argument("path")
+    bundle.add_argument("names", nargs="*", help="uris or spec names (shell globs); default all")
+    bundle.add_argument("--since-minutes", type=float,
+                        help="only entries used in the last N minutes (e.g. by a workload)")
+    bundle.set_defaults(fn=_cmd_jit_bundle)
+    unbundle = jit_sub.add_parser("unbundle", help="add a bundle's entries to the cache")
+    unbundle.add_argument("path")
+    unbundle.set_defaults(fn=_cmd_jit_unbundle)
 
     bench = sub.add_parser("bench", help="run benchmarks (flashkit bench [OP…] [--quick] [--json PATH])",
                            add_help=False)

@@ -3,6 +3,7 @@
 Nothing here compiles or touches a GPU at import; ``load(spec)`` does the work on first use.
 """
 from .backends import get_backend
+from .bundle import export_bundle, import_bundle, loaded_uris
 from .cache import BuildResult, build, cache_size, clear, entry_dir, list_entries, load
 from .env import CSRC_DIR, TEMPLATE_DIR, cache_root, jit_disabled
 from .errors import (BackendUnavailableError, JitCacheError, JitCompileError, JitDisabledError,
@@ -14,6 +15,6 @@ from .spec import KernelSpec
 __all__ = [
     "KernelSpec", "render", "load", "build", "build_many", "BuildResult", "entry_dir",
     "list_entries", "cache_size", "clear", "cache_root", "jit_disabled", "get_backend",
-    "register_shipped", "shipped_specs", "TEMPLATE_DIR", "CSRC_DIR", "JitError",
+    "register_shipped", "export_bundle", "import_bundle", "loaded_uris", "shipped_specs", "TEMPLATE_DIR", "CSRC_DIR", "JitError",
     "JitCompileError", "JitDisabledError", "JitCacheError", "BackendUnavailableError",
 ]

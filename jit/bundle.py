@@ -1,0 +1,87 @@
+"""AOT bundles: a tarball of cache entries, to ship exactly the specializations a workload used.
+
+    flashkit jit clear && <run the workload> && flashkit jit bundle kernels.tar.gz
+    flashkit jit unbundle kernels.tar.gz        # on the deployment machine, before serving
+
+Entries carry their manifests, so an imported entry is verified like any other before it loads.
+"""
+from __future__ import annotations
+
+import io
+import json
+import shutil
+import tarfile
+import time
+import uuid
+from pathlib import Path
+
+from flashkit._version import __version__
+
+from .cache import MANIFEST, _loaded, list_entries, read_manifest
+from .env import cache_root
+from .errors import JitCacheError
+
+BUNDLE_INFO = "flashkit-bundle.json"
+
+
+def loaded_uris() -> list[str]:
+    """Uris this process has loaded (what a bundle of this workload should hold)."""
+    return sorted(_loaded)
+
+
+def export_bundle(path: str | Path, uris=None, since: float | None = None) -> list[str]:
+    """Write the cache entries named by ``uris`` (default: all), used at or after ``since``
+    (a POSIX time), to the gzip tarball ``path``. Returns the uris written."""
+    entries = [e for e in list_entries() if not e.get("corrupt")
+               and (uris is None or e["uri"] in set(uris))
+               and (since is None or e["last_used"] >= since)]
+    root = cache_root()
+    with tarfile.open(path, "w:gz") as tar:
+        info = json.dumps({"flashkit": __version__, "created": time.time(),
+                           "entries": [e["uri"] for e in entries]}).encode()
+        member = tarfile.TarInfo(BUNDLE_INFO)
+        member.size = len(info)
+        tar.addfile(member, io.BytesIO(info))
+        for e in entries:
+            tar.add(e["path"], arcname=str(Path(e["path"]).relative_to(root)))
+    return [e["uri"] for e in entries]
+
+
+def import_bundle(path: str | Path) -> list[str]:
+    """Unpack a bundle into this version's cache; entries already valid here are kept.
+    Returns the uris added. Every entry is checked against its manifest's checksum first."""
+    root = cache_root()
+    with tarfile.open(path, "r:gz") as tar:
+        info = json.loads(tar.extractfile(BUNDLE_INFO).read())
+        if info.get("flashkit") != __version__:
+            raise JitCacheError(f"{path} was made by flashkit {info.get('flashkit')}; this is "
+                                f"{__version__}, whose uris differ: rebuild the bundle")
+        for member in tar.getmembers():  # never write outside the staging folder
+            if member.name.startswith(("/", "..")) or ".." in Path(member.name).parts \
+                    or not (member.isfile() or member.isdir()):
+                raise JitCacheError(f"{path}: refusing member {member.name!r}")
+        staging = root / f".bundle-{uuid.uuid4().hex[:8]}"
+        try:
+            staging.mkdir(parents=True)
+            safe = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
+            tar.extractall(staging, **safe)
+        except OSError as exc:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise JitCacheError(f"cannot unpack {path} into {root}: {exc}") from None
+    added = []
+    try:
+        for manifest_path in sorted(staging.glob(f"*/*/{MANIFEST}")):
+            entry = manifest_path.parent
+            target = root / entry.relative_to(staging)
+            if read_manifest(entry) is None:
+                raise JitCacheError(f"{path}: entry {entry.name} fails its checksum")
+            if read_manifest(target) is not None:
+                continue
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if target.exists():
+                shutil.rmtree(target)
+            entry.rename(target)
+            added.append(entry.name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return added
