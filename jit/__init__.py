@@ -6,8 +6,8 @@ from .backends import get_backend
 from .bundle import export_bundle, import_bundle, loaded_uris
 from .cache import BuildResult, build, cache_size, clear, entry_dir, list_entries, load
 from .env import CSRC_DIR, TEMPLATE_DIR, cache_root, jit_disabled
-from .errors import (BackendUnavailableError, JitCacheError, JitCompileError, JitDisabledError,
-                     JitError)
+from .errors import (BackendUnavailableError, JitCacheError, JitCompileError,
+                     JitDisabledError, JitError)
 from .registry import build_many, register_shipped, shipped_specs
 from .render import render
 from .spec import KernelSpec

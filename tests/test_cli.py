@@ -1,5 +1,4 @@
 """The flashkit command line."""
-import json
 import subprocess
 import sys
 

@@ -6,4 +6,4 @@ from .reference import naive_plan_split_kv
 
 jit.register_shipped("scheduler", shipped_specs)
 
-__all__ = ["SplitKVPlan", "plan_split_kv", "naive_plan_split_kv"]
+__all__ = ["SplitKVPlan", "plan_split_kv", "naive_plan_split_kv", "planner_spec"]
