@@ -15,6 +15,7 @@ from .spec import KernelSpec
 __all__ = [
     "KernelSpec", "render", "load", "build", "build_many", "BuildResult", "entry_dir",
     "list_entries", "cache_size", "clear", "cache_root", "jit_disabled", "get_backend",
-    "register_shipped", "export_bundle", "import_bundle", "loaded_uris", "shipped_specs", "TEMPLATE_DIR", "CSRC_DIR", "JitError",
+    "register_shipped", "shipped_specs", "export_bundle", "import_bundle", "loaded_uris",
+    "TEMPLATE_DIR", "CSRC_DIR", "JitError",
     "JitCompileError", "JitDisabledError", "JitCacheError", "BackendUnavailableError",
 ]
