@@ -16,6 +16,11 @@ _LAZY = {
     "merge_states": "flashkit.ops",
     "plan_split_kv": "flashkit.ops",
     "SplitKVPlan": "flashkit.ops",
+    "chunk_ssd_scan": "flashkit.ops",
+    "selective_scan": "flashkit.ops",
+    "selective_state_update": "flashkit.ops",
+    "causal_conv1d": "flashkit.ops",
+    "causal_conv1d_update": "flashkit.ops",
 }
 _SUBMODULES = ("jit", "ops")
 

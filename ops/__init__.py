@@ -5,6 +5,9 @@ specializations (what `flashkit jit build` prebuilds); nothing compiles here.
 """
 from .attention import merge_state, merge_state_in_place, merge_states
 from .scheduler import SplitKVPlan, naive_plan_split_kv, plan_split_kv
+from .ssm import (causal_conv1d, causal_conv1d_update, chunk_ssd_scan, selective_scan,
+                  selective_state_update)
 
 __all__ = ["merge_state", "merge_state_in_place", "merge_states", "plan_split_kv", "SplitKVPlan",
-           "naive_plan_split_kv"]
+           "naive_plan_split_kv", "chunk_ssd_scan", "selective_scan", "selective_state_update",
+           "causal_conv1d", "causal_conv1d_update"]
