@@ -7,6 +7,7 @@ consistent, v's last dimension contiguous, s float32. Outputs may be the inputs 
 from __future__ import annotations
 
 import ctypes
+import functools
 import math
 
 import torch
@@ -34,6 +35,7 @@ def _full_vec(dtype: torch.dtype, head_dim: int) -> int:
     return g & -g
 
 
+@functools.lru_cache(maxsize=None)  # launchers call this per launch: render + hash once
 def merge_state_spec(dtype: torch.dtype, head_dim: int, vec: int, arch: str) -> jit.KernelSpec:
     """The spec of merge_state_kernel and merge_states_kernel for one dtype, head_dim, vector
     width (elements per thread) and arch (``"sm_90"``)."""

@@ -1,6 +1,8 @@
 """Triton launchers of merge_state / merge_states (templates/attention/merge_state.py.j2)."""
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from flashkit import jit
@@ -14,6 +16,7 @@ def _pow2(n: int) -> int:
     return 1 << max(0, (n - 1).bit_length())
 
 
+@functools.lru_cache(maxsize=None)  # launchers call this per launch: render + hash once
 def merge_state_triton_spec(head_dim: int) -> jit.KernelSpec:
     return jit.KernelSpec.create(f"merge_state_triton_hd{head_dim}", "triton",
                                  "attention/merge_state.py.j2",

@@ -1,6 +1,8 @@
 """Triton launcher of the Mamba-2 chunked SSD scan (templates/ssm/chunk_ssd.py.j2)."""
 from __future__ import annotations
 
+import functools
+
 import os
 
 import torch
@@ -35,6 +37,7 @@ def dtype_tag(dtype: torch.dtype) -> str:
     return {torch.float16: "f16", torch.bfloat16: "bf16", torch.float32: "f32"}[dtype]
 
 
+@functools.lru_cache(maxsize=None)  # launchers call this per launch: render + hash once
 def chunk_ssd_triton_spec(headdim: int, dstate: int, chunk_size: int,
                           dtype: torch.dtype) -> jit.KernelSpec:
     dname = dtype_tag(dtype)

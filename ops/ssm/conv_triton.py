@@ -1,6 +1,8 @@
 """Triton launchers of the causal depthwise conv1d (templates/ssm/causal_conv1d.py.j2)."""
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from flashkit import jit
@@ -10,6 +12,7 @@ def _pow2(n: int) -> int:
     return 1 << max(0, (n - 1).bit_length())
 
 
+@functools.lru_cache(maxsize=None)  # launchers call this per launch: render + hash once
 def causal_conv1d_triton_spec(width: int) -> jit.KernelSpec:
     return jit.KernelSpec.create(f"causal_conv1d_w{width}", "triton", "ssm/causal_conv1d.py.j2",
                                  {"width": width})

@@ -1,6 +1,8 @@
 """Triton launchers of the token-by-token SSM kernels (templates/ssm/recurrent.py.j2)."""
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from flashkit import jit
@@ -10,6 +12,7 @@ def _pow2(n: int) -> int:
     return 1 << max(0, (n - 1).bit_length())
 
 
+@functools.lru_cache(maxsize=None)  # launchers call this per launch: render + hash once
 def recurrent_triton_spec(dstate: int) -> jit.KernelSpec:
     return jit.KernelSpec.create(f"ssm_recurrent_ds{dstate}", "triton", "ssm/recurrent.py.j2",
                                  {"dstate": dstate, "block_n": _pow2(dstate)})
