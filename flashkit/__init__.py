@@ -21,8 +21,12 @@ _LAZY = {
     "selective_state_update": "flashkit.ops",
     "causal_conv1d": "flashkit.ops",
     "causal_conv1d_update": "flashkit.ops",
+    "apollo_fused_update": "flashkit.ops",
+    "APOLLO": "flashkit.optim",
+    "APOLLOMini": "flashkit.optim",
+    "optimizer_state_bytes": "flashkit.optim",
 }
-_SUBMODULES = ("jit", "ops")
+_SUBMODULES = ("jit", "ops", "optim")
 
 __all__ = ["__version__", *_LAZY, *_SUBMODULES]
 

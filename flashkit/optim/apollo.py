@@ -15,7 +15,7 @@ state_dict() continues bit for bit like an uninterrupted one.
 from __future__ import annotations
 
 import math
-from typing import Iterable
+from collections.abc import Iterable
 
 import torch
 from torch.optim.adamw import adamw
@@ -114,9 +114,13 @@ class APOLLO(torch.optim.Optimizer):
         group = self.param_groups[-1]
         if group["limiter_gamma"] is None:
             group["limiter_gamma"] = math.inf
-        if not isinstance(group["betas"], (tuple, list)) or len(group["betas"]) != 2:
-            raise ValueError(f"betas must be a pair (beta1, beta2), got {group['betas']!r}")
-        _check_group(group, first)
+        try:
+            if not isinstance(group["betas"], (tuple, list)) or len(group["betas"]) != 2:
+                raise ValueError(f"betas must be a pair (beta1, beta2), got {group['betas']!r}")
+            _check_group(group, first)
+        except ValueError:
+            self.param_groups.pop()  # a rejected group must not stay half-added
+            raise
 
     def _projected(self, group: dict, p: torch.Tensor) -> bool:
         return group["rank"] is not None and p.dim() == 2
