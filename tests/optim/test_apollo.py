@@ -126,9 +126,10 @@ def test_mini_update_rule():
              opts, torch.float64, dict(rtol=1e-10, atol=1e-12))
 
 
-def test_per_group_overrides_and_adamw_params():
+@pytest.mark.parametrize("fused", [None, False], ids=["fused-auto", "single-tensor"])
+def test_per_group_overrides_and_adamw_params(fused):
     """Group options override the defaults; 1-D params of a ranked group and every param of a
-    group with rank=None follow torch.optim.AdamW bit for bit."""
+    group with rank=None follow torch.optim.AdamW (same ``fused``) bit for bit."""
     g = torch.Generator().manual_seed(0)
     w_chan, bias, w_tens, emb = (torch.nn.Parameter(torch.randn(*s, generator=g))
                                  for s in ((8, 16), (16,), (16, 8), (10, 8)))
@@ -136,9 +137,11 @@ def test_per_group_overrides_and_adamw_params():
                   {"params": [w_tens], "rank": 3, "scale_type": "tensor", "lr": 0.05,
                    "limiter_gamma": None},
                   {"params": [emb]}],
-                 lr=0.01, weight_decay=0.1, update_proj_gap=GAP, proj_seed=SEED, backend="torch")
+                 lr=0.01, weight_decay=0.1, update_proj_gap=GAP, proj_seed=SEED, backend="torch",
+                 fused=fused)
     ref_bias, ref_emb = bias.detach().clone().requires_grad_(), emb.detach().clone().requires_grad_()
-    adamw = torch.optim.AdamW([ref_bias, ref_emb], lr=0.01, weight_decay=0.1, eps=1e-6)
+    adamw = torch.optim.AdamW([ref_bias, ref_emb], lr=0.01, weight_decay=0.1, eps=1e-6,
+                              fused=fused is None, foreach=False)
     oracles = [Float64Apollo(w_chan, 0, rank=2, scale_type="channel", scale=1.0, lr=0.01,
                              betas=(0.9, 0.999), eps=1e-6, wd=0.1, gamma=1.01),
                Float64Apollo(w_tens, 2, rank=3, scale_type="tensor", scale=1.0, lr=0.05,
