@@ -11,6 +11,15 @@ from ._version import __version__
 
 # Public name -> module that defines it; resolved lazily (PEP 562).
 _LAZY = {
+    "single_decode_with_kv_cache": "flashkit.ops",
+    "single_prefill_with_kv_cache": "flashkit.ops",
+    "BatchDecodeWithPagedKVCacheWrapper": "flashkit.ops",
+    "BatchPrefillWithPagedKVCacheWrapper": "flashkit.ops",
+    "BatchPrefillWithRaggedKVCacheWrapper": "flashkit.ops",
+    "MultiLevelCascadeAttentionWrapper": "flashkit.ops",
+    "append_paged_kv_cache": "flashkit.ops",
+    "get_batch_indices_positions": "flashkit.ops",
+    "AttentionVariant": "flashkit.ops",
     "merge_state": "flashkit.ops",
     "merge_state_in_place": "flashkit.ops",
     "merge_states": "flashkit.ops",

@@ -1,0 +1,89 @@
+"""Triton launchers of paged/ragged attention (templates/attention/attention.py.j2).
+
+One kernel serves decode and prefill: a work item is (request, query tokens, key range, output
+row) and its rows are (token, q head) pairs of one KV head's GQA group. Decode items are the
+split-KV chunks of ``plan_split_kv`` and write partial states that ``merge_varlen_triton``
+combines; prefill items are query tiles over a request's whole KV and write the output directly.
+"""
+from __future__ import annotations
+
+import functools
+
+import torch
+
+from flashkit import jit
+
+from .variants import AttentionVariant
+
+_MERGE_MAX_BLOCK_ELEMS = 2048  # as merge_state_triton: 16 fp32 accumulators per thread at 4 warps
+
+
+def _pow2(n: int) -> int:
+    return 1 << max(0, (n - 1).bit_length())
+
+
+@functools.lru_cache(maxsize=None)  # launchers call this per launch: render + hash once
+def attention_triton_spec(head_dim: int, variant: AttentionVariant | None = None) -> jit.KernelSpec:
+    variant = variant or AttentionVariant.default()
+    name = f"attention_triton_hd{head_dim}" + (f"_{variant.name}" if variant.name != "default" else "")
+    return jit.KernelSpec.create(name, "triton", "attention/attention.py.j2", {
+        "head_dim": head_dim, "block_d": _pow2(head_dim), "variant_name": variant.name,
+        "logits_snippet": variant.triton_lines, "variant_params": variant.params,
+        "extra_params": variant.param_names})
+
+
+def shipped_triton_specs() -> list[jit.KernelSpec]:
+    return [attention_triton_spec(d) for d in (64, 128, 256)]
+
+
+def block_sizes(group: int, head_dim: int, decode: bool) -> tuple[int, int]:
+    """(BLOCK_M, BLOCK_N). Rows: a decode item has one token, so its rows are the GQA group,
+    padded to 16 (the smallest tensor-core dot); a prefill tile packs 64 rows (at least one
+    token's group). hd 256 halves BLOCK_N to keep the K/V tiles (2 x BLOCK_N x 256 x 2 B) within
+    shared memory. Not autotuned yet: these are starting points for the GPU benchmark."""
+    block_m = max(16, _pow2(group)) if decode else max(64, _pow2(group))
+    block_n = 32 if head_dim > 128 else 64
+    return block_m, block_n
+
+
+def attention_fwd_triton(q, k, v, o, lse, items, n_items_pad, n_programs, qo_indptr, kv_indptr,
+                         kv_indices, kv_lens, mask, mask_indptr, *, num_kv_heads, page_size, paged,
+                         causal, window_left, soft_cap, sm_scale, decode, variant=None,
+                         variant_args=()) -> None:
+    """q [nnz_q, Hq, D]; k/v 4-D [pages, page_size, Hk, D]-like views given by their
+    (page, token, head) strides (ragged: [tokens, Hk, D] viewed with a unit page); o/lse the
+    rows that items' ``o_row`` index. ``items`` int32 [6, n_items_pad]."""
+    if n_programs == 0 or num_kv_heads == 0:
+        return
+    head_dim = q.shape[-1]
+    group = q.shape[1] // num_kv_heads
+    kernel = jit.load(attention_triton_spec(head_dim, variant))._attention_fwd_kernel
+    block_m, block_n = block_sizes(group, head_dim, decode)
+    s_k, s_v = k.stride(), v.stride()
+    kernel[(n_programs, num_kv_heads)](
+        q, k, v, o, lse, items, n_items_pad, qo_indptr, kv_indptr, kv_indices, kv_lens,
+        mask if mask is not None else kv_lens, mask_indptr if mask_indptr is not None else kv_lens,
+        float(sm_scale), float(soft_cap or 1.0), int(window_left),
+        q.stride(0), q.stride(1), s_k[0], s_k[1], s_k[2], s_v[0], s_v[1], s_v[2],
+        o.stride(0), o.stride(1), lse.stride(0), lse.stride(1), *variant_args,
+        GROUP=group, PAGE_SIZE=page_size, PAGED=paged, CAUSAL=causal and mask is None,
+        HAS_WINDOW=window_left >= 0, SOFT_CAP=bool(soft_cap), HAS_MASK=mask is not None,
+        BLOCK_M=block_m, BLOCK_N=block_n,
+        # Triton 3.9's interpreter multiplies bf16 dot operands as their uint16 bit patterns
+        # (a 16x16 dot came out 2e10 off); on the CPU the operands are upcast instead.
+        DOT_F32=q.device.type != "cuda" and q.dtype == torch.bfloat16,
+    )
+
+
+def merge_varlen_triton(v, s, merge_indptr, v_out, s_out) -> None:
+    """v [n_items, H, D], s [n_items, H] partial states; request i's are rows
+    merge_indptr[i]:merge_indptr[i + 1]; writes v_out [batch, H, D], s_out [batch, H]."""
+    batch, heads, dim = v_out.shape
+    if batch == 0 or heads == 0:
+        return
+    kernel = jit.load(attention_triton_spec(dim))._merge_varlen_kernel
+    block_h = max(1, min(_pow2(heads), _MERGE_MAX_BLOCK_ELEMS // _pow2(dim)))
+    kernel[(batch, -(-heads // block_h))](
+        v, s, merge_indptr, v_out, s_out, heads, v.stride(0), v.stride(1), s.stride(0),
+        s.stride(1), v_out.stride(0), v_out.stride(1), s_out.stride(0), s_out.stride(1),
+        BLOCK_H=block_h)

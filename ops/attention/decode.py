@@ -1,0 +1,250 @@
+"""Decode attention (one query token per request): single_decode_with_kv_cache and
+BatchDecodeWithPagedKVCacheWrapper, FlashInfer's API and semantics.
+
+plan() runs on the host: it checks the page table, cuts every request's KV into chunks with the
+split-KV planner (ops/scheduler) and copies the work items to the device. run() checks shapes,
+then launches the attention kernel (one program per (chunk, KV head), partial states into the
+workspace) and the varlen merge; it never synchronizes with the device.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from .._validate import check_tensor
+from ..scheduler import plan_split_kv
+from ._plan import (KV_DTYPES, AttentionPlan, attn_backend, check_heads, check_int, check_layout,
+                    check_page_table, check_scalars, int32, items_tensor, kv_views, launch,
+                    unpack_paged_cache)
+from .variants import AttentionVariant
+
+__all__ = ["single_decode_with_kv_cache", "BatchDecodeWithPagedKVCacheWrapper"]
+
+_DTYPE_NAMES = {"float16": torch.float16, "half": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def as_dtype(name: str, value, default=None) -> torch.dtype:
+    if value is None and default is not None:
+        return default
+    value = _DTYPE_NAMES.get(value, value) if isinstance(value, str) else value
+    if value not in KV_DTYPES:
+        raise ValueError(f"{name} must be torch.float16 or torch.bfloat16, got {value!r}")
+    return value
+
+
+def default_workers(device: torch.device, num_kv_heads: int) -> int:
+    """Work items to balance over: two resident programs per SM, shared by the KV heads (each
+    item is launched once per KV head). On the CPU (interpreter, tests) a fixed 8."""
+    if device.type != "cuda":
+        return 8
+    sms = torch.cuda.get_device_properties(device).multi_processor_count
+    return max(1, 2 * sms // num_kv_heads)
+
+
+def split_kv_plan(kv_lens: np.ndarray, device, num_kv_heads, page_size, num_workers,
+                  min_chunk_tokens) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Decode work items (on ``device``): one per KV chunk, launched longest first."""
+    workers = num_workers or default_workers(torch.device(device), num_kv_heads)
+    sp = plan_split_kv(kv_lens, workers, page_size=page_size, min_chunk_tokens=min_chunk_tokens)
+    order = sp.worker_items.numpy().astype(np.int64)  # LPT order: cost descending
+    n = sp.num_items
+    cols = [sp.request.numpy()[order], np.zeros(n), np.ones(n), sp.kv_start.numpy()[order],
+            sp.kv_end.numpy()[order], order]
+    return items_tensor(cols, device), sp.merge_indptr.to(device, non_blocking=True), n
+
+
+def single_decode_with_kv_cache(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                                kv_layout: str = "NHD", window_left: int = -1,
+                                logits_soft_cap: float | None = None,
+                                sm_scale: float | None = None, return_lse: bool = False, *,
+                                backend: str = "auto", variant: AttentionVariant | None = None,
+                                variant_args=()):
+    """Attention of one query token over one request's KV.
+
+    Parameters
+    ----------
+    q : [num_qo_heads, head_dim], fp16/bf16
+    k, v : [kv_len, num_kv_heads, head_dim] (NHD) or [num_kv_heads, kv_len, head_dim] (HND),
+        q's dtype; num_kv_heads divides num_qo_heads
+    window_left : keys at positions >= kv_len - 1 - window_left only (-1: all)
+    logits_soft_cap : cap * tanh(logits / cap) when > 0
+    sm_scale : default 1/sqrt(head_dim)
+    return_lse : also return the base-2 LSE [num_qo_heads] float32
+    backend : "auto" (Triton on CUDA, torch on CPU) | "triton" | "torch"
+    variant, variant_args : a custom logits transform/mask (flashkit.ops.attention.variants)
+
+    Returns
+    -------
+    o : [num_qo_heads, head_dim], q's dtype (and lse when return_lse). An empty KV gives o = 0,
+    lse = -inf.
+
+    Example
+    -------
+    >>> o = flashkit.single_decode_with_kv_cache(q, k, v)   # q [32, 128], k/v [4096, 8, 128]
+    """
+    check_layout(kv_layout)
+    check_tensor("q", q, dtypes=KV_DTYPES, ndim=2, last_dim_contiguous=True)
+    heads, dim = q.shape
+    for name, t in (("k", k), ("v", v)):
+        check_tensor(name, t, dtypes=(q.dtype,), ndim=3, device=q.device, last_dim_contiguous=True)
+    if v.shape != k.shape:
+        raise ValueError(f"v must have k's shape {tuple(k.shape)}, got {tuple(v.shape)}")
+    kv_len, num_kv_heads = (k.shape[0], k.shape[1]) if kv_layout == "NHD" else (k.shape[1], k.shape[0])
+    if k.shape[2] != dim:
+        raise ValueError(f"k must have head_dim {dim} (q's), got {k.shape[2]}")
+    if heads % num_kv_heads:
+        raise ValueError(f"k's num_kv_heads ({num_kv_heads}) must divide q's num_qo_heads ({heads})")
+    window_left, soft_cap, sm_scale = check_scalars(window_left, logits_soft_cap, sm_scale, dim)
+    backend = attn_backend(backend, q.device)
+    k4, v4 = kv_views(k, v, kv_layout)
+    items, merge_indptr, n = split_kv_plan(np.array([kv_len], np.int64), q.device, num_kv_heads,
+                                           1, None, 128)
+    plan = AttentionPlan(
+        decode=True, paged=False, batch=1, nnz_qo=1, num_qo_heads=heads,
+        num_kv_heads=num_kv_heads, head_dim=dim, page_size=1, causal=False,
+        window_left=window_left, soft_cap=soft_cap, sm_scale=sm_scale, q_dtype=q.dtype,
+        kv_dtype=k.dtype, n_items=n, max_page=kv_len - 1, items=items,
+        qo_indptr=int32([0, 1], q.device), kv_indptr=int32([0, 0], q.device),
+        kv_indices=int32([0], q.device), kv_lens=int32([kv_len], q.device),
+        merge_indptr=merge_indptr, variant=variant)
+    out = torch.empty((1, heads, dim), dtype=q.dtype, device=q.device)
+    lse = torch.empty((1, heads), dtype=torch.float32, device=q.device)
+    workspace = torch.empty(max(plan.workspace_bytes(), 4), dtype=torch.uint8, device=q.device)
+    launch(plan, q[None], k4, v4, out, lse, workspace, backend, variant_args)
+    return (out[0], lse[0]) if return_lse else out[0]
+
+
+class BatchDecodeWithPagedKVCacheWrapper:
+    """Batched decode over a paged KV cache (FlashInfer's wrapper of the same name).
+
+    Parameters
+    ----------
+    float_workspace_buffer : a uint8 (any dtype) device tensor for the split-KV partial states;
+        plan() checks it is large enough (items x num_qo_heads x (head_dim + 1) x 4 bytes).
+    kv_layout : "NHD" | "HND"
+    use_cuda_graph : must be False for now (a fixed-grid plan for CUDA graphs is not done yet)
+    backend : "auto" | "triton" | "torch"
+
+    Example
+    -------
+    >>> w = BatchDecodeWithPagedKVCacheWrapper(torch.empty(128 << 20, dtype=torch.uint8,
+    ...                                        device="cuda"))
+    >>> w.plan(indptr, indices, last_page_len, 32, 8, 128, 16, q_data_type=torch.bfloat16)
+    >>> o = w.run(q, paged_kv_cache)   # q [batch, 32, 128] -> o [batch, 32, 128]
+    """
+
+    def __init__(self, float_workspace_buffer: torch.Tensor, kv_layout: str = "NHD",
+                 use_cuda_graph: bool = False, *, backend: str = "auto"):
+        check_tensor("float_workspace_buffer", float_workspace_buffer)
+        check_layout(kv_layout)
+        if use_cuda_graph:
+            raise ValueError("use_cuda_graph=True is not supported yet (no fixed-grid plan); "
+                             "pass use_cuda_graph=False")
+        self._workspace = float_workspace_buffer
+        self._kv_layout = kv_layout
+        self._backend = attn_backend(backend, float_workspace_buffer.device)
+        self._plan: AttentionPlan | None = None
+
+    @property
+    def device(self) -> torch.device:
+        return self._workspace.device
+
+    def plan(self, indptr: torch.Tensor, indices: torch.Tensor, last_page_len: torch.Tensor,
+             num_qo_heads: int, num_kv_heads: int, head_dim: int, page_size: int, *,
+             pos_encoding_mode: str = "NONE", window_left: int = -1,
+             logits_soft_cap: float | None = None, q_data_type=torch.float16,
+             kv_data_type=None, sm_scale: float | None = None, non_blocking: bool = True,
+             num_workers: int | None = None, min_chunk_tokens: int = 128,
+             variant: AttentionVariant | None = None) -> None:
+        """Plan a decode step on the host.
+
+        indptr int32 [batch + 1], indices int32 [indptr[-1]], last_page_len int32 [batch] in
+        [1, page_size] (0 allowed for a request without pages): request i's KV is pages
+        ``indices[indptr[i]:indptr[i + 1]]``, the last holding last_page_len[i] tokens.
+        ``num_workers``/``min_chunk_tokens`` (flashkit's) override the split-KV planner's
+        defaults (two programs per SM, 128-token chunks at least).
+        """
+        check_heads(num_qo_heads, num_kv_heads)
+        head_dim = check_int("head_dim", head_dim, 1, 512)
+        page_size = check_int("page_size", page_size, 1)
+        if pos_encoding_mode != "NONE":
+            raise ValueError(f"pos_encoding_mode must be 'NONE' (apply RoPE before attention), got "
+                             f"{pos_encoding_mode!r}")
+        q_dtype = as_dtype("q_data_type", q_data_type)
+        kv_dtype = as_dtype("kv_data_type", kv_data_type, default=q_dtype)
+        window_left, soft_cap, sm_scale = check_scalars(window_left, logits_soft_cap, sm_scale,
+                                                        head_dim)
+        if num_workers is not None:
+            check_int("num_workers", num_workers, 1)
+        check_int("min_chunk_tokens", min_chunk_tokens, 1)
+        if variant is not None and not isinstance(variant, AttentionVariant):
+            raise ValueError(f"variant must be an AttentionVariant, got {type(variant).__name__}")
+        kv_lens, max_page = check_page_table(indptr, indices, last_page_len, page_size)
+        dev = self.device
+        items, merge_indptr, n = split_kv_plan(kv_lens, dev, num_kv_heads, page_size, num_workers,
+                                               min_chunk_tokens)
+        batch = kv_lens.size
+        plan = AttentionPlan(
+            decode=True, paged=True, batch=batch, nnz_qo=batch, num_qo_heads=num_qo_heads,
+            num_kv_heads=num_kv_heads, head_dim=head_dim, page_size=page_size, causal=False,
+            window_left=window_left, soft_cap=soft_cap, sm_scale=sm_scale, q_dtype=q_dtype,
+            kv_dtype=kv_dtype, n_items=n, max_page=max_page, items=items,
+            qo_indptr=int32(np.arange(batch + 1), dev), kv_indptr=indptr.to(dev, non_blocking=True),
+            kv_indices=indices.to(dev, non_blocking=True), kv_lens=int32(kv_lens, dev),
+            merge_indptr=merge_indptr, variant=variant)
+        need = plan.workspace_bytes()
+        have = self._workspace.numel() * self._workspace.element_size()
+        if need > have:
+            raise ValueError(f"float_workspace_buffer holds {have} bytes; this plan needs {need} "
+                             f"({n} split-KV items x {num_qo_heads} heads x ({head_dim} + 1) x 4)")
+        self._plan = plan
+
+    begin_forward = plan
+
+    def run(self, q: torch.Tensor, paged_kv_cache, *, out: torch.Tensor | None = None,
+            lse: torch.Tensor | None = None, return_lse: bool = False, variant_args=()):
+        """q [batch, num_qo_heads, head_dim] -> o [batch, num_qo_heads, head_dim] (and the
+        base-2 LSE [batch, num_qo_heads] float32 when return_lse). ``paged_kv_cache``: one
+        tensor [max_pages, 2, page_size, H, D] (NHD) / [max_pages, 2, H, page_size, D] (HND) or
+        a (k_cache, v_cache) tuple of the 4-D halves."""
+        plan = self._plan
+        if plan is None:
+            raise RuntimeError("BatchDecodeWithPagedKVCacheWrapper.run() called before plan()")
+        k, v = check_run_inputs(plan, q, paged_kv_cache, self._kv_layout, self.device,
+                                (plan.batch, plan.num_qo_heads, plan.head_dim))
+        out, lse = check_outputs(plan, q, out, lse)
+        launch(plan, q, k, v, out, lse, self._workspace, self._backend, variant_args)
+        return (out, lse) if return_lse else out
+
+    forward = run
+
+
+def check_run_inputs(plan: AttentionPlan, q, paged_kv_cache, kv_layout, device, q_shape):
+    check_tensor("q", q, dtypes=(plan.q_dtype,), shape=q_shape, device=device,
+                 last_dim_contiguous=True)
+    k, v = unpack_paged_cache(paged_kv_cache, kv_layout)
+    if k.dtype != plan.kv_dtype or k.device != device:
+        raise ValueError(f"paged_kv_cache must be {plan.kv_dtype} on {device} (as planned), got "
+                         f"{k.dtype} on {k.device}")
+    want = (plan.page_size, plan.num_kv_heads, plan.head_dim)
+    if tuple(k.shape[1:]) != want:
+        raise ValueError(f"paged_kv_cache must hold pages of (page_size, num_kv_heads, head_dim) = "
+                         f"{want} in {kv_layout} order (as planned), got {tuple(k.shape[1:])}")
+    if plan.max_page >= k.shape[0]:
+        raise ValueError(f"indices reach page {plan.max_page} but paged_kv_cache has only "
+                         f"{k.shape[0]} pages")
+    return k, v
+
+
+def check_outputs(plan: AttentionPlan, q, out, lse):
+    shape = (q.shape[0], plan.num_qo_heads, plan.head_dim)
+    if out is None:
+        out = torch.empty(shape, dtype=q.dtype, device=q.device)
+    else:
+        check_tensor("out", out, dtypes=(q.dtype,), shape=shape, device=q.device,
+                     last_dim_contiguous=True)
+    if lse is None:
+        lse = torch.empty(shape[:2], dtype=torch.float32, device=q.device)
+    else:
+        check_tensor("lse", lse, dtypes=(torch.float32,), shape=shape[:2], device=q.device)
+    return out, lse
