@@ -143,6 +143,10 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("bench_args", nargs=argparse.REMAINDER)
     bench.set_defaults(fn=_cmd_bench)
 
+    from .cache.cli import add_parser as add_cache_parsers
+
+    add_cache_parsers(sub)  # cache-sim, cache-trace
+
     demo = sub.add_parser("demo", help="run every op on the best device against its reference")
     demo.add_argument("--full", action="store_true", help="larger shapes and timings")
     demo.set_defaults(fn=_cmd_demo)
