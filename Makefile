@@ -9,7 +9,7 @@ PYTEST_ARGS ?= -n 2
 PY         := $(VENV)/bin/python
 STAMP      := $(VENV)/.flashkit-installed
 
-.PHONY: demo test bench venv clean
+.PHONY: demo test bench bench-apollo venv clean
 
 $(STAMP): setup.py pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,5 +28,18 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m flashkit bench
 
+# apollo-torch (CC-BY-NC) is a benchmark baseline only: it lives in its own environment with
+# what it imports (transformers, bitsandbytes), never in flashkit's.
+BASELINE_VENV ?= .venv-baselines
+$(BASELINE_VENV)/.installed: setup.py pyproject.toml
+	$(PYTHON) -m venv $(BASELINE_VENV)
+	$(BASELINE_VENV)/bin/python -m pip install --quiet $(PIP_ARGS) "$(TORCH_SPEC)"
+	$(BASELINE_VENV)/bin/python -m pip install --quiet $(PIP_ARGS) -e . transformers bitsandbytes
+	$(BASELINE_VENV)/bin/python -m pip install --quiet $(PIP_ARGS) --no-deps apollo-torch
+	touch $@
+
+bench-apollo: $(BASELINE_VENV)/.installed
+	$(BASELINE_VENV)/bin/python -m flashkit bench apollo
+
 clean:
-	rm -rf $(VENV) .pytest_cache build *.egg-info
+	rm -rf $(VENV) $(BASELINE_VENV) .pytest_cache build *.egg-info
