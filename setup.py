@@ -44,8 +44,11 @@ setup(
     python_requires=">=3.10",
     packages=PACKAGES,
     package_dir=PACKAGE_DIR,
-    package_data={name: ["*.j2", "*.cuh", "*.h", "*.cpp", "*.cu"]
-                  for name in PACKAGES if name.split(".")[1:2] in (["templates"], ["csrc"])},
+    package_data={
+        **{name: ["*.j2", "*.cuh", "*.h", "*.cpp", "*.cu"]
+           for name in PACKAGES if name.split(".")[1:2] in (["templates"], ["csrc"])},
+        "flashkit.ops.moe": ["configs/*.json"],  # tuned fused_moe configs per (E, N, K, device)
+    },
     install_requires=[
         "torch>=2.6",
         "triton>=3.2; platform_system == 'Linux'",

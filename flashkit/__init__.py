@@ -31,11 +31,15 @@ _LAZY = {
     "causal_conv1d": "flashkit.ops",
     "causal_conv1d_update": "flashkit.ops",
     "apollo_fused_update": "flashkit.ops",
+    "fused_topk": "flashkit.ops",
+    "moe_align_block_size": "flashkit.ops",
+    "fused_moe": "flashkit.ops",
+    "FusedMoE": "flashkit.ops",
     "APOLLO": "flashkit.optim",
     "APOLLOMini": "flashkit.optim",
     "optimizer_state_bytes": "flashkit.optim",
 }
-_SUBMODULES = ("jit", "ops", "optim")
+_SUBMODULES = ("jit", "ops", "optim", "moe", "cache")
 
 __all__ = ["__version__", *_LAZY, *_SUBMODULES]
 

@@ -8,6 +8,7 @@ from .attention import (AttentionVariant, BatchDecodeWithPagedKVCacheWrapper,
                         MultiLevelCascadeAttentionWrapper, append_paged_kv_cache,
                         get_batch_indices_positions, merge_state, merge_state_in_place,
                         merge_states, single_decode_with_kv_cache, single_prefill_with_kv_cache)
+from .moe import FusedMoE, autotune_fused_moe, fused_moe, fused_topk, moe_align_block_size
 from .optim import apollo_fused_update
 from .scheduler import SplitKVPlan, naive_plan_split_kv, plan_split_kv
 from .ssm import (causal_conv1d, causal_conv1d_update, chunk_ssd_scan, selective_scan,
@@ -19,4 +20,5 @@ __all__ = ["single_decode_with_kv_cache", "single_prefill_with_kv_cache",
            "append_paged_kv_cache", "get_batch_indices_positions", "AttentionVariant",
            "merge_state", "merge_state_in_place", "merge_states", "plan_split_kv", "SplitKVPlan",
            "naive_plan_split_kv", "chunk_ssd_scan", "selective_scan", "selective_state_update",
-           "causal_conv1d", "causal_conv1d_update", "apollo_fused_update"]
+           "causal_conv1d", "causal_conv1d_update", "apollo_fused_update",
+           "fused_topk", "moe_align_block_size", "fused_moe", "FusedMoE", "autotune_fused_moe"]
