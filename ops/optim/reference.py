@@ -65,9 +65,11 @@ def naive_apollo_update(param: torch.Tensor, grad: torch.Tensor, proj_grad: torc
     g = grad.to(acc)
     axis = channel_axis(param.shape)
     if scale_type == "channel":
-        s = n.norm(dim=0) / (r.norm(dim=0) + SCALE_EPS)
-        # ||G s||_F without materializing G s: sum_j s_j^2 ||G_j||^2 over the channels.
-        norm = (s.square() * torch.linalg.vector_norm(g, dim=1 - axis).square()).sum().sqrt()
+        s = n.square().sum(dim=0).sqrt() / (r.square().sum(dim=0).sqrt() + SCALE_EPS)
+        # ||G s||_F without materializing G s: sum_j s_j^2 ||G_j||^2 over the channels. (square
+        # then sum: vector_norm over the strided dim 0 ran 4x slower on CPU, 1.85 vs 0.45 ms at
+        # 1024 x 2752.)
+        norm = (s.square() * g.square().sum(dim=1 - axis)).sum().sqrt()
         s = s[None, :] if axis == 1 else s[:, None]
     elif scale_type == "tensor":
         s = n.norm() / (r.norm() + SCALE_EPS)
