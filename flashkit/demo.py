@@ -12,45 +12,26 @@ def _device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def _merge_checks(device: str, backends: list[str]):
-    """(op, backend, shape, max error, tolerance, seconds) for the merge ops."""
+def _op_rows(device: str, backends: list[str]):
+    """(op, backend, shape, error, tolerance, seconds) for every check of demo_checks."""
     import torch
 
-    import flashkit
-    from flashkit.ops.attention import naive_merge_states
+    from .demo_checks import CHECKS, DEFAULT_TOLERANCE, TOLERANCE, relative_error
 
-    g = torch.Generator().manual_seed(int(time.time()))  # fresh inputs on every run
-    seq, n, heads, dim = (4096, 8, 32, 128) if device == "cuda" else (64, 4, 8, 128)
-    v = torch.randn(seq, n, heads, dim, generator=g).to(device, torch.bfloat16)
-    s = (torch.randn(seq, n, heads, generator=g) * 4).to(device)
-    s[::7, 0] = float("-inf")
-    ref_v, ref_s = naive_merge_states(v.double(), s.double())
-    ref2_v, ref2_s = naive_merge_states(v[:, :2].double(), s[:, :2].double())
     rows = []
-    for backend in backends:
-        for op in ("merge_states", "merge_state", "merge_state_in_place"):
+    for op, check in CHECKS.items():
+        shape, ref, calls = check(device, backends)
+        for backend, call in calls.items():
             t0 = time.perf_counter()
-            if op == "merge_states":
-                out_v, out_s = flashkit.merge_states(v, s, backend=backend)
-                want_v, want_s = ref_v, ref_s
-            elif op == "merge_state":
-                out_v, out_s = flashkit.merge_state(v[:, 0], s[:, 0], v[:, 1], s[:, 1], backend=backend)
-                want_v, want_s = ref2_v, ref2_s
-            else:
-                out_v, out_s = v[:, 0].clone(), s[:, 0].clone()
-                flashkit.merge_state_in_place(out_v, out_s, v[:, 1], s[:, 1], backend=backend)
-                want_v, want_s = ref2_v, ref2_s
-            if device == "cuda":
-                torch.cuda.synchronize()
-            seconds = time.perf_counter() - t0
-            # Error relative to 1 + |ref|: bf16 output rounding is 2^-9 of the value (2^-8 in
-            # Triton's interpreter, which truncates), so 1e-2 leaves room for fp32 accumulation.
-            finite = torch.isfinite(want_s)
-            err = max(((out_v.double() - want_v).abs() / (1 + want_v.abs())).max().item(),
-                      ((out_s.double() - want_s)[finite].abs() / (1 + want_s[finite].abs())).max().item())
-            if not torch.equal(torch.isneginf(out_s), torch.isneginf(want_s)):
-                err = float("inf")  # an empty row must stay empty (s = -inf), and only those
-            rows.append((op, backend, f"{seq}x{n}x{heads}x{dim} bf16", err, 1e-2, seconds))
+            try:
+                out = call()
+                if device == "cuda":
+                    torch.cuda.synchronize()
+                err = relative_error(out, ref)
+            except Exception as exc:  # reported as a failed row, never hidden
+                shape, err = f"{type(exc).__name__}: {exc}"[:80], float("inf")
+            rows.append((op, backend, shape, err, TOLERANCE.get(op, DEFAULT_TOLERANCE),
+                         time.perf_counter() - t0))
     return rows
 
 
@@ -126,7 +107,7 @@ def main(quick: bool = True) -> int:
     for col in ("op", "backend", "shape", "max |err|/(1+|ref|)", "tolerance", "seconds", "status"):
         table.add_column(col)
     all_ok = True
-    for op, backend, shape, err, tol, seconds in _merge_checks(device, backends):
+    for op, backend, shape, err, tol, seconds in _op_rows(device, backends):
         ok = err <= tol
         all_ok &= ok
         note = " (interpreter)" if backend == "triton" and device == "cpu" else ""
