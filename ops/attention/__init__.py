@@ -14,10 +14,12 @@ from .variants import AttentionVariant
 
 def _shipped_specs(arch: str):
     from .attention_triton import shipped_triton_specs as attention_triton_specs
+    from .decode_cuda import shipped_cuda_specs as decode_cuda_specs
     from .merge_state_cuda import shipped_cuda_specs
     from .merge_state_triton import shipped_triton_specs
 
-    return shipped_triton_specs() + shipped_cuda_specs(arch) + attention_triton_specs()
+    return (shipped_triton_specs() + shipped_cuda_specs(arch) + attention_triton_specs()
+            + decode_cuda_specs(arch))
 
 
 jit.register_shipped("attention", _shipped_specs)

@@ -14,15 +14,21 @@ from .variants import AttentionVariant
 
 KV_DTYPES = (torch.float16, torch.bfloat16)
 INDEX_DTYPES = (torch.int32,)
-ATTN_BACKENDS = ("auto", "triton", "torch")
+ATTN_BACKENDS = ("auto", "triton", "torch", "cuda")
 _INT32_MAX = 2**31 - 1
 
 
-def attn_backend(backend: str, device: torch.device) -> str:
-    """``auto``: Triton on CUDA, the torch reference elsewhere. No CUDA C++ attention kernel
-    ships yet, so ``"cuda"`` is refused rather than silently mapped."""
+def attn_backend(backend: str, device: torch.device, *, decode: bool = False) -> str:
+    """``auto``: Triton on CUDA, the torch reference elsewhere. ``"cuda"`` (the NVRTC decode
+    kernel, ops/attention/decode_cuda.py) exists for decode only, and ``auto`` does not pick it
+    yet: the kernel compiles for sm_80/sm_90 and its SASS is checked, but it has not been run on
+    a GPU. Switch ``auto`` to it once tests/ops/attention/test_decode_cuda.py passes with -m gpu
+    (and the decode benchmark says it wins)."""
     if backend not in ATTN_BACKENDS:
         raise ValueError(f"backend must be one of {ATTN_BACKENDS}, got {backend!r}")
+    if backend == "cuda" and not decode:
+        raise ValueError("backend='cuda' is decode only (no CUDA prefill kernel yet); use "
+                         "'triton' or 'auto'")
     if backend == "auto":
         return "triton" if device.type == "cuda" else "torch"
     return resolve_backend(backend, device)
@@ -262,6 +268,23 @@ def _attention_run_impl(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: 
                    mask_indptr, variant_args, paged, causal, window_left, soft_cap, sm_scale, var)
         return
     from .attention_triton import attention_fwd_triton, merge_varlen_triton
+
+    if backend == "cuda":
+        if not decode or var is not None:
+            raise ValueError("backend='cuda' runs decode without a variant only")
+        from .decode_cuda import batch_decode_cuda
+
+        heads, dim = q.shape[1], q.shape[2]
+        n_pad = items.shape[1]
+        ws = workspace.view(torch.float32)
+        part_v = ws[:n_pad * heads * dim].view(n_pad, heads, dim)
+        part_s = ws[n_pad * heads * dim:n_pad * heads * (dim + 1)].view(n_pad, heads)
+        batch_decode_cuda(q, k, v, part_v, part_s, items, n_pad, n_programs, qo_indptr,
+                          kv_indptr, kv_indices, kv_lens, num_kv_heads=k.shape[2],
+                          page_size=page_size, paged=paged, window_left=window_left,
+                          soft_cap=soft_cap, sm_scale=sm_scale)
+        merge_varlen_triton(part_v, part_s, merge_indptr, out, lse)
+        return
 
     kw = dict(num_kv_heads=k.shape[2], page_size=page_size, paged=paged, causal=causal,
               window_left=window_left, soft_cap=soft_cap, sm_scale=sm_scale, decode=decode,

@@ -16,6 +16,8 @@ from ..scheduler import plan_split_kv
 from ._plan import (KV_DTYPES, AttentionPlan, attn_backend, check_heads, check_int, check_layout,
                     check_page_table, check_scalars, int32, items_tensor, kv_views, launch,
                     unpack_paged_cache)
+from .decode_cuda import SUPPORTED_HEAD_DIMS as CUDA_HEAD_DIMS
+from .decode_cuda import check_cuda_decode
 from .variants import AttentionVariant
 
 __all__ = ["single_decode_with_kv_cache", "BatchDecodeWithPagedKVCacheWrapper"]
@@ -53,6 +55,16 @@ def split_kv_plan(kv_lens: np.ndarray, device, num_kv_heads, page_size, num_work
     return items_tensor(cols, device), sp.merge_indptr.to(device, non_blocking=True), n
 
 
+def check_cuda_plan(head_dim: int, variant) -> None:
+    """What backend='cuda' (the NVRTC decode kernel) cannot do, refused before any launch."""
+    if variant is not None:
+        raise ValueError("backend='cuda' has no custom variants (they are Triton snippets); use "
+                         "backend='triton'")
+    if head_dim not in CUDA_HEAD_DIMS:
+        raise ValueError(f"backend='cuda' supports head_dim {CUDA_HEAD_DIMS}, got {head_dim}; "
+                         f"use backend='triton'")
+
+
 def single_decode_with_kv_cache(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                                 kv_layout: str = "NHD", window_left: int = -1,
                                 logits_soft_cap: float | None = None,
@@ -70,7 +82,8 @@ def single_decode_with_kv_cache(q: torch.Tensor, k: torch.Tensor, v: torch.Tenso
     logits_soft_cap : cap * tanh(logits / cap) when > 0
     sm_scale : default 1/sqrt(head_dim)
     return_lse : also return the base-2 LSE [num_qo_heads] float32
-    backend : "auto" (Triton on CUDA, torch on CPU) | "triton" | "torch"
+    backend : "auto" (Triton on CUDA, torch on CPU) | "triton" | "torch" | "cuda" (the NVRTC
+        decode kernel; not yet verified on a GPU, so "auto" does not pick it)
     variant, variant_args : a custom logits transform/mask (flashkit.ops.attention.variants)
 
     Returns
@@ -95,8 +108,11 @@ def single_decode_with_kv_cache(q: torch.Tensor, k: torch.Tensor, v: torch.Tenso
     if heads % num_kv_heads:
         raise ValueError(f"k's num_kv_heads ({num_kv_heads}) must divide q's num_qo_heads ({heads})")
     window_left, soft_cap, sm_scale = check_scalars(window_left, logits_soft_cap, sm_scale, dim)
-    backend = attn_backend(backend, q.device)
+    backend = attn_backend(backend, q.device, decode=True)
     k4, v4 = kv_views(k, v, kv_layout)
+    if backend == "cuda":
+        check_cuda_plan(dim, variant)
+        check_cuda_decode(q[None], k4, v4)
     items, merge_indptr, n = split_kv_plan(np.array([kv_len], np.int64), q.device, num_kv_heads,
                                            1, None, 128)
     plan = AttentionPlan(
@@ -123,7 +139,8 @@ class BatchDecodeWithPagedKVCacheWrapper:
         plan() checks it is large enough (items x num_qo_heads x (head_dim + 1) x 4 bytes).
     kv_layout : "NHD" | "HND"
     use_cuda_graph : must be False for now (a fixed-grid plan for CUDA graphs is not done yet)
-    backend : "auto" | "triton" | "torch"
+    backend : "auto" | "triton" | "torch" | "cuda" (the NVRTC decode kernel, explicit only:
+        "auto" keeps Triton until it has been verified on a GPU)
 
     Example
     -------
@@ -142,7 +159,7 @@ class BatchDecodeWithPagedKVCacheWrapper:
                              "pass use_cuda_graph=False")
         self._workspace = float_workspace_buffer
         self._kv_layout = kv_layout
-        self._backend = attn_backend(backend, float_workspace_buffer.device)
+        self._backend = attn_backend(backend, float_workspace_buffer.device, decode=True)
         self._plan: AttentionPlan | None = None
 
     @property
@@ -179,6 +196,8 @@ class BatchDecodeWithPagedKVCacheWrapper:
         check_int("min_chunk_tokens", min_chunk_tokens, 1)
         if variant is not None and not isinstance(variant, AttentionVariant):
             raise ValueError(f"variant must be an AttentionVariant, got {type(variant).__name__}")
+        if self._backend == "cuda":
+            check_cuda_plan(head_dim, variant)
         kv_lens, max_page = check_page_table(indptr, indices, last_page_len, page_size)
         dev = self.device
         items, merge_indptr, n = split_kv_plan(kv_lens, dev, num_kv_heads, page_size, num_workers,
@@ -213,6 +232,8 @@ class BatchDecodeWithPagedKVCacheWrapper:
         k, v = check_run_inputs(plan, q, paged_kv_cache, self._kv_layout, self.device,
                                 (plan.batch, plan.num_qo_heads, plan.head_dim))
         out, lse = check_outputs(plan, q, out, lse)
+        if self._backend == "cuda":
+            check_cuda_decode(q, k, v)
         launch(plan, q, k, v, out, lse, self._workspace, self._backend, variant_args)
         return (out, lse) if return_lse else out
 

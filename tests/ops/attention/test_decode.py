@@ -9,7 +9,7 @@ from tests.helpers import device, kernel_backends, poison
 
 from .attn_common import check_attn, dt_id, make_paged, ref_paged, ref_single
 
-BACKENDS = [b for b in kernel_backends() if b != "cuda"]  # no CUDA attention kernel yet
+BACKENDS = kernel_backends()  # on a GPU: torch, triton and the CUDA (NVRTC) decode kernel
 DTYPES = (torch.float16, torch.bfloat16)
 
 
