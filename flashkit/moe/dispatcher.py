@@ -15,6 +15,7 @@ import time
 import torch
 import torch.distributed as dist
 
+from flashkit.ops._timing import wall_times
 from flashkit.ops.moe import fused_moe
 
 from .cost_model import CostModel, pick_num_chunks
@@ -213,14 +214,5 @@ class MoEDispatcher:
 
 
 def _best(fn, device: torch.device, reps: int) -> float:
-    fn()
-    best = float("inf")
-    for _ in range(reps):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        t0 = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        best = min(best, time.perf_counter() - t0)
-    return best
+    fn()  # warm-up
+    return min(wall_times(fn, device, reps))

@@ -13,10 +13,11 @@ import itertools
 import json
 import logging
 import os
-import time
 from pathlib import Path
 
 import torch
+
+from .._timing import wall_times
 
 log = logging.getLogger(__name__)
 
@@ -140,13 +141,5 @@ def autotune_fused_moe(num_experts: int, ffn: int, hidden: int, topk: int,
 
 
 def _median_seconds(fn, device: torch.device, reps: int) -> float:
-    times = []
-    for _ in range(reps):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        t0 = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        times.append(time.perf_counter() - t0)
-    return sorted(times)[len(times) // 2]
+    times = sorted(wall_times(fn, device, reps))
+    return times[len(times) // 2]
