@@ -13,9 +13,10 @@
 
 Normalization. Marconi normalizes recency and efficiency by their min-max over the live
 candidates, which makes every key depend on every other node and cannot be kept in a heap. We
-normalize by scales fixed when alpha is tuned: H = the span of access times and E = the span of
-efficiencies over the cached nodes at the first eviction (what min-max gave at that moment), so a
-node's key changes only when it is accessed, split or merged. Alpha absorbs any residual scale.
+normalize by scales fixed at the first eviction (tuned or fixed alpha alike): H = the span of
+recencies (RadixTree.recency) and E = the span of efficiencies over the eviction candidates then
+(what min-max gave at that moment), so a node's key changes only when it is accessed, split or
+merged. Alpha absorbs any residual scale.
 
 Online alpha: LRU until the first eviction; then the tree is snapshot, the next
 ``bootstrap_mult`` x (requests seen so far) requests are served with LRU and recorded, replayed
@@ -86,7 +87,7 @@ class PrefixCache:
         self._snapshot = None
         self._window: list | None = None
         self._window_len = 0
-        if self.tune:
+        if policy == "marconi":  # scales for the score (and, if tuning, the bootstrap)
             self.tree.on_first_evict = self._on_first_evict
 
     # -- scoring --------------------------------------------------------------------------
@@ -96,8 +97,8 @@ class PrefixCache:
 
     def _score(self, n: Node) -> float:
         if self.alpha == 0.0:
-            return float(n.last)
-        return n.last / self._H + self.alpha * self.efficiency(n) / self._E
+            return float(self.tree.recency(n))
+        return self.tree.recency(n) / self._H + self.alpha * self.efficiency(n) / self._E
 
     def set_alpha(self, alpha: float, H: float | None = None, E: float | None = None):
         self.alpha = alpha
@@ -166,12 +167,17 @@ class PrefixCache:
     # -- online alpha ---------------------------------------------------------------------
     def _on_first_evict(self):
         tree = self.tree
-        nodes = [n for n in tree.nodes() if n.state is not None]
+        # min-max over the eviction candidates (valid heap entries): no walk of the tree
+        nodes = [e[4] for e in tree._heap if e[4].alive and e[3] == e[4].ver
+                 and e[4].state is not None and not e[4].refs]
         if nodes:
-            lasts = [n.last for n in nodes]
+            lasts = [tree.recency(n) for n in nodes]
             effs = [self.efficiency(n) for n in nodes]
             self._H = float(max(lasts) - min(lasts)) or 1.0
             self._E = float(max(effs) - min(effs)) or 1.0
+        if not self.tune:  # a fixed alpha: the same normalization, no bootstrap
+            self.tree.rescore()
+            return
         self._snapshot = self._clone_structure()
         self._window = []
         self._window_len = max(1, self.bootstrap_mult * max(self.requests, 1))
@@ -198,6 +204,7 @@ class PrefixCache:
                         alpha=0.0)
         c._H, c._E = self._H, self._E
         t = c.tree
+        t.on_first_evict = None  # replays keep the scales fixed at the snapshot
         t.clock = self.tree.clock
         stack = [(self.tree.root, t.root)]
         while stack:
@@ -205,6 +212,7 @@ class PrefixCache:
             for k, s in src.children.items():
                 d = Node(dst, s.key, s.start, None, s.last)
                 d.state = True if s.state is not None else None
+                d.slast = s.slast
                 dst.children[k] = d
                 t.num_nodes += 1
                 t.num_tokens += len(d.key)

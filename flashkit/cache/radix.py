@@ -32,7 +32,7 @@ __all__ = ["RadixTree", "Node"]
 
 class Node:
     __slots__ = ("parent", "children", "key", "start", "end", "kv", "state", "refs", "last",
-                 "ver", "alive")
+                 "slast", "ver", "alive")
 
     def __init__(self, parent, key, start, kv, last):
         self.parent = parent
@@ -44,6 +44,7 @@ class Node:
         self.state = None
         self.refs = 0
         self.last = last
+        self.slast = last
         self.ver = 0
         self.alive = True
 
@@ -71,7 +72,7 @@ class RadixTree:
         self.kv_bytes = kv_bytes_per_token
         self.state_bytes = state_bytes
         self.capacity = capacity_bytes
-        self.score = score or (lambda n: n.last)
+        self.score = score or self.recency
         self.on_evict = on_evict
         self.on_first_evict: Callable | None = None
         self.root = Node(None, np.empty(0, np.int32), 0, None, 0)
@@ -86,6 +87,7 @@ class RadixTree:
         self.evict_visits = 0  # heap entries examined by evict_one (the tree is never walked)
         self._heap: list = []
         self._seq = itertools.count()
+        self._dirty: list = []  # nodes an insertion changed, pushed by _flush
 
     # -- bytes and heap ---------------------------------------------------------------------
     def node_bytes(self, n: Node) -> int:
@@ -140,12 +142,22 @@ class RadixTree:
                 return n
         return self.root
 
+    def recency(self, n: Node) -> int:
+        """When evicting ``n`` last mattered: a leaf goes with its KV (last used on a hit
+        path), a node with one child gives up only its state (last used as a hit itself)."""
+        return n.slast if n.children else n.last
+
     def touch(self, node: Node):
+        """A hit (or an insertion) ending at ``node``: its state was used now and the KV of the
+        whole path. Only ``node``'s eviction key changes (its ancestors have children, so their
+        key is their state's recency), so only it is re-pushed."""
         self.clock += 1
-        while node is not self.root:
-            node.last = self.clock
-            self._push(node)
-            node = node.parent
+        node.slast = self.clock
+        n = node
+        while n is not self.root:
+            n.last = self.clock
+            n = n.parent
+        self._push(node)
 
     # -- locks ----------------------------------------------------------------------------
     def lock(self, node: Node):
@@ -177,15 +189,16 @@ class RadixTree:
             n.kv = n.kv[cut:]
         up.children[int(n.key[0])] = n
         self.num_nodes += 1
-        self._push(n)  # the upper part is on the inserted path: insert() touches (pushes) it
+        self._dirty += (up, n)  # both re-keyed once the insertion ends (_flush)
         return up
 
     def _set_state(self, n: Node, state):
         if n.state is None:
             n.state = state
+            n.slast = self.clock
             self.num_states += 1
             self._add_bytes(n, self.state_bytes)
-            n.ver += 1  # on the inserted path: insert() touches (pushes) it
+            self._dirty.append(n)
 
     def bytes_needed(self, tokens: np.ndarray, positions: list[int]) -> list[int]:
         """Extra bytes inserting ``tokens[:p]`` with states at ``positions[:i+1]`` would take,
@@ -217,23 +230,29 @@ class RadixTree:
                 positions.pop()
             if not positions:
                 return None, self.root
-            while self.used_bytes + need[len(positions) - 1] > self.capacity:
-                if not self.evict_one():
-                    break
+            self.evict_until(self.capacity - need[len(positions) - 1])
             end = positions[-1]
             adopted, node = self._insert_path(tokens[:end], kv)
         finally:
             self.unlock(guard)
         path, _, _ = self.walk(tokens[:end])
-        by_end = {n.end: n for n in path}
-        for p in positions:
-            n = by_end.get(p)
-            if n is None:
-                n = next(x for x in path if x.start < p < x.end)
-                n = self._split(n, p)
+        i = 0
+        for p in positions:  # both sorted by position: one pass
+            while path[i].end < p:
+                i += 1
+            n = path[i]
+            if n.end != p:
+                n = self._split(n, p)  # path[i] keeps the lower part, now starting at p
             self._set_state(n, states[p])
-        self.touch(by_end[end])
-        return adopted, by_end[end]
+        self._flush()
+        self.touch(path[-1])
+        return adopted, path[-1]
+
+    def _flush(self):
+        """Re-key every node an insertion changed, once each."""
+        for n in {id(n): n for n in self._dirty}.values():
+            self._push(n)
+        self._dirty = []
 
     def _insert_path(self, tokens, kv):
         path, partial, m = self.walk(tokens)
@@ -246,7 +265,7 @@ class RadixTree:
             parent = self._split(partial, m)
         leaf = Node(parent, tokens[m:], m, None if kv is None else kv[m:len(tokens)], self.clock)
         parent.children[int(leaf.key[0])] = leaf
-        parent.ver += 1  # it has a new child: its heap entry (if any) is stale
+        self._dirty.append(parent)  # it has a new child: re-key it (or drop its candidacy)
         self.num_nodes += 1
         self.num_tokens += len(leaf.key)
         self.used_bytes += len(leaf.key) * self.kv_bytes
@@ -255,6 +274,37 @@ class RadixTree:
     # -- eviction -------------------------------------------------------------------------
     def evict_one(self) -> bool:
         """Evict the lowest-scored candidate; False when none is left."""
+        n = self._pop_victim()
+        if n is None:
+            return False
+        self._push(self._remove(n))
+        return True
+
+    def evict_until(self, target: float) -> bool:
+        """Evict the lowest-scored candidates until ``used_bytes <= target``; False if they ran
+        out first. Same victims as repeated ``evict_one``, but the node an eviction re-keys (the
+        leaf's parent, or the child a merge grew) is taken directly, without a heap round trip,
+        when it would be the next victim anyway: vLLM+ drops a request's chain of block nodes,
+        leaf first, this way."""
+        nxt = None
+        while self.used_bytes > target:
+            n, nxt = (nxt, None) if nxt is not None else (self._pop_victim(), None)
+            if n is None:
+                return False
+            m = self._remove(n)
+            if (self.used_bytes > target and self._heap and m is not self.root and not m.refs
+                    and len(m.children) <= 1):
+                key = -math.inf if m.state is None else self.score(m)
+                top = self._heap[0]
+                if (key, -m.end) < (top[0], top[1]):
+                    m.ver += 1  # its older heap entries are stale now
+                    self.evictions += 1
+                    nxt = m
+                    continue
+            self._push(m)
+        return True
+
+    def _pop_victim(self):
         while self._heap:
             _, _, _, ver, n = heapq.heappop(self._heap)
             self.evict_visits += 1
@@ -263,33 +313,34 @@ class RadixTree:
             if self.evictions == 0 and self.on_first_evict is not None:
                 self.on_first_evict()
             self.evictions += 1
-            self._remove(n)
-            return True
-        return False
+            return n
+        return None
 
-    def _remove(self, n: Node):
+    def _remove(self, n: Node) -> Node:
+        """Drop ``n``; returns the node whose candidacy or key this changed (to be pushed)."""
         parent = n.parent
-        if n.state is not None:
-            self.num_states -= 1
-        self.used_bytes -= self.node_bytes(n) if not n.children else (
-            self.state_bytes if n.state is not None else 0)
         n.alive = False
         self.num_nodes -= 1
+        if n.state is not None:
+            self.num_states -= 1
         if n.children:
             (child,) = n.children.values()
+            if n.state is not None:
+                self.used_bytes -= self.state_bytes
             child.key = np.concatenate([n.key, child.key])
             child.kv = _concat(n.kv, child.kv) if n.kv is not None else child.kv
             child.start, child.parent = n.start, parent
             parent.children[int(n.key[0])] = child
             if self.on_evict and n.state is not None:
                 self.on_evict(None, n.state)
-            self._push(child)
-        else:
-            del parent.children[int(n.key[0])]
-            self.num_tokens -= len(n.key)
-            if self.on_evict:
-                self.on_evict(n.kv, n.state)
-            self._push(parent)
+            return child
+        k = len(n.key)
+        self.used_bytes -= k * self.kv_bytes + (self.state_bytes if n.state is not None else 0)
+        del parent.children[int(n.key[0])]
+        self.num_tokens -= k
+        if self.on_evict:
+            self.on_evict(n.kv, n.state)
+        return parent
 
     # -- inspection -----------------------------------------------------------------------
     def nodes(self):
@@ -308,8 +359,12 @@ class RadixTree:
             while x is not self.root:
                 expected_refs[id(x)] = expected_refs.get(id(x), 0) + c
                 x = x.parent
+        live = {id(e[4]): e[0] for e in self._heap if e[4].alive and e[3] == e[4].ver}
         for n in self.nodes():
             assert n.alive and len(n.key) > 0, "empty or dead node in the tree"
+            if not n.refs and len(n.children) <= 1:  # a candidate: keyed by its current score
+                assert live.get(id(n)) == (-math.inf if n.state is None else self.score(n)), \
+                    "eviction candidate missing from the heap or keyed by a stale score"
             assert n.parent.children[int(n.key[0])] is n, "child keyed by a wrong token"
             assert n.start == n.parent.end and n.end - n.start == len(n.key)
             assert n.kv is None or len(n.kv) == len(n.key)

@@ -194,3 +194,54 @@ def test_bad_arguments_name_the_argument():
         RadixTree(1, 1, -1)
     with pytest.raises(ValueError, match="tokens"):
         tiny_cache(10).lookup([[1, 2]])
+
+
+def test_lru_drops_a_stale_internal_state_before_the_live_leaf():
+    # A chat session: turn 2 extends turn 1's whole sequence. Turn 1's state is now internal
+    # (its KV is on turn 2's path, but a later turn hits turn 2's state, not turn 1's): its
+    # recency is when that state was last used, so LRU drops it first; its KV merges.
+    c = tiny_cache(1e9, policy="sglang")
+    c.serve([1, 2, 3], [4])
+    c.serve([1, 2, 3, 4, 5, 6], [7])
+    c.serve([50, 51], [52])                              # a newer, unrelated entry
+    top = c.tree.root.children[1]
+    assert top.state is not None and len(top.children) == 1
+    assert c.tree.recency(top) < c.tree.recency(c.tree.root.children[50])
+    assert c.tree.evict_one()
+    c.tree.check_invariants()
+    assert c.lookup([1, 2, 3, 4, 5, 6, 7, 8]).length == 7   # the live leaf survived
+    assert c.lookup([1, 2, 3, 4, 9]).length == 0             # only the stale state went
+
+
+def test_evict_until_picks_the_same_victims_as_evict_one():
+    def build():
+        c = tiny_cache(1e9, policy="vllm", block=2)
+        rng = random.Random(7)
+        base = [[rng.randrange(5) for _ in range(rng.randrange(1, 9))] for _ in range(5)]
+        for _ in range(200):
+            c.serve(rng.choice(base) + [rng.randrange(5) for _ in range(rng.randrange(1, 8))],
+                    [rng.randrange(5) for _ in range(rng.randrange(1, 4))])
+        return c
+    a, b = build(), build()
+    target = a.tree.used_bytes // 3
+    gone_a, gone_b = [], []
+    a.tree.on_evict = lambda kv, st: gone_a.append(st)
+    b.tree.on_evict = lambda kv, st: gone_b.append(st)
+    assert a.tree.evict_until(target)
+    while b.tree.used_bytes > target:
+        assert b.tree.evict_one()
+    snap = lambda t: sorted((n.start, n.end, n.state is not None) for n in t.nodes())
+    assert snap(a.tree) == snap(b.tree) and a.tree.evictions == b.tree.evictions
+    assert len(gone_a) == len(gone_b) and a.tree.used_bytes == b.tree.used_bytes
+    a.tree.check_invariants()
+    assert not a.tree.evict_until(-1) and a.tree.num_nodes == 0   # ran out of candidates
+
+
+def test_fixed_alpha_is_normalized_like_the_tuned_one():
+    c = tiny_cache(60, policy="marconi", alpha=0.5)
+    rng = np.random.default_rng(1)
+    for _ in range(40):
+        c.serve(rng.integers(0, 50, rng.integers(2, 12)), rng.integers(0, 50, 2))
+    assert c.tree.evictions and c._H != 1.0 and c._E != 1.0   # scales set at the 1st eviction
+    assert c.tuned_alpha == 0.5
+    c.tree.check_invariants()
