@@ -13,6 +13,8 @@ from . import reference
 from .variants import AttentionVariant
 
 KV_DTYPES = (torch.float16, torch.bfloat16)
+FP8_KV_DTYPES = (torch.float8_e4m3fn,)  # decode's KV cache only, with run(k_scale=, v_scale=)
+DECODE_KV_DTYPES = KV_DTYPES + FP8_KV_DTYPES
 INDEX_DTYPES = (torch.int32,)
 ATTN_BACKENDS = ("auto", "triton", "torch", "cuda")
 _INT32_MAX = 2**31 - 1
@@ -79,18 +81,18 @@ def kv_views(k: torch.Tensor, v: torch.Tensor, kv_layout: str):
     return k[None], v[None]
 
 
-def unpack_paged_cache(paged_kv_cache, kv_layout: str):
+def unpack_paged_cache(paged_kv_cache, kv_layout: str, kv_dtypes=KV_DTYPES):
     """(k, v) as [max_pages, page_size, H, D] views of the cache (strided for HND)."""
     if isinstance(paged_kv_cache, (tuple, list)):
         if len(paged_kv_cache) != 2:
             raise ValueError(f"paged_kv_cache as a tuple must be (k_cache, v_cache), got "
                              f"{len(paged_kv_cache)} items")
         k, v = paged_kv_cache
-        check_tensor("paged_kv_cache[0]", k, dtypes=KV_DTYPES, ndim=4, last_dim_contiguous=True)
+        check_tensor("paged_kv_cache[0]", k, dtypes=kv_dtypes, ndim=4, last_dim_contiguous=True)
         check_tensor("paged_kv_cache[1]", v, dtypes=(k.dtype,), shape=k.shape, device=k.device,
                      last_dim_contiguous=True)
     else:
-        check_tensor("paged_kv_cache", paged_kv_cache, dtypes=KV_DTYPES, ndim=5,
+        check_tensor("paged_kv_cache", paged_kv_cache, dtypes=kv_dtypes, ndim=5,
                      last_dim_contiguous=True)
         if paged_kv_cache.shape[1] != 2:
             raise ValueError(f"paged_kv_cache must be [max_pages, 2, ...] (k and v), got shape "
@@ -152,6 +154,9 @@ class AttentionPlan:
     items int32 [6, n_items_pad]: request, q_start, q_end, kv_start, kv_end, output row.
     Decode items write partial states at rows 0..n_items-1 of the workspace, merged per request
     over ``merge_indptr``; prefill items write the output rows directly.
+
+    ``num_items`` (int32 [1] on the device) marks a CUDA-graph plan: run() launches the fixed
+    grid of ``items.shape[1]`` programs and those at or past ``num_items[0]`` exit at once.
     """
 
     decode: bool
@@ -179,6 +184,13 @@ class AttentionPlan:
     mask: torch.Tensor | None = None
     mask_indptr: torch.Tensor | None = None
     variant: AttentionVariant | None = None
+    num_items: torch.Tensor | None = None
+
+    @property
+    def n_programs(self) -> int:
+        """The attention kernel's grid (x KV heads): the fixed capacity of a CUDA-graph plan,
+        the real item count otherwise."""
+        return self.items.shape[1] if self.num_items is not None else self.n_items
 
     def workspace_bytes(self) -> int:
         """Partial outputs and LSEs of the split-KV items (float32)."""
@@ -213,7 +225,8 @@ def variant_key(variant: AttentionVariant | None) -> str:
 
 
 def _torch_run(q, k, v, out, lse, qo_indptr, kv_indptr, kv_indices, kv_lens, mask, mask_indptr,
-               variant_args, paged, causal, window_left, soft_cap, sm_scale, variant):
+               variant_args, paged, causal, window_left, soft_cap, sm_scale, variant, k_scale,
+               v_scale):
     num_kv_heads = k.shape[2]
     qo = qo_indptr.tolist()
     ptr, idx, lens = kv_indptr.tolist(), kv_indices.tolist(), kv_lens.tolist()
@@ -238,9 +251,13 @@ def _torch_run(q, k, v, out, lse, qo_indptr, kv_indptr, kv_indices, kv_lens, mas
             q[qo[i]:qo[i + 1]], kk.reshape(-1, num_kv_heads, k.shape[-1]),
             vv.reshape(-1, num_kv_heads, v.shape[-1]), causal=causal, custom_mask=m,
             window_left=window_left, logits_soft_cap=soft_cap or None, sm_scale=sm_scale,
-            logits_fn=_wrap_logits_fn(logits_fn))
+            logits_fn=_wrap_logits_fn(logits_fn),
+            k_scale=k_scale if k_scale != 1.0 else None, v_scale=v_scale if v_scale != 1.0 else None)
         out[qo[i]:qo[i + 1]] = o_i
         lse[qo[i]:qo[i + 1]] = lse_i
+    # Rows past the planned ones (a CUDA-graph plan run with padded q): empty, as the kernels.
+    out[qo[-1]:] = 0
+    lse[qo[-1]:] = float("-inf")
 
 
 def _wrap_logits_fn(fn):
@@ -259,19 +276,24 @@ def _attention_run_impl(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: 
                         kv_indices: torch.Tensor, kv_lens: torch.Tensor,
                         merge_indptr: torch.Tensor, mask: torch.Tensor | None,
                         mask_indptr: torch.Tensor | None, variant_args: list[torch.Tensor],
-                        n_programs: int, page_size: int, decode: bool, paged: bool, causal: bool,
-                        window_left: int, soft_cap: float, sm_scale: float, variant: str,
-                        backend: str) -> None:
+                        num_items: torch.Tensor | None, n_programs: int, page_size: int,
+                        decode: bool, paged: bool, causal: bool, window_left: int,
+                        soft_cap: float, sm_scale: float, k_scale: float, v_scale: float,
+                        variant: str, backend: str) -> None:
     var = _VARIANTS.get(variant) if variant else None
     if backend == "torch":
         _torch_run(q, k, v, out, lse, qo_indptr, kv_indptr, kv_indices, kv_lens, mask,
-                   mask_indptr, variant_args, paged, causal, window_left, soft_cap, sm_scale, var)
+                   mask_indptr, variant_args, paged, causal, window_left, soft_cap, sm_scale, var,
+                   k_scale, v_scale)
         return
+    # The kernels take the dequantization folded in: k_scale into the logits' scale (as
+    # FlashInfer does), v_scale into the merge (linear in v).
+    sm_scale = sm_scale * k_scale
     from .attention_triton import attention_fwd_triton, merge_varlen_triton
 
     if backend == "cuda":
-        if not decode or var is not None:
-            raise ValueError("backend='cuda' runs decode without a variant only")
+        if not decode or var is not None or num_items is not None:
+            raise ValueError("backend='cuda' runs decode without a variant or CUDA-graph plan only")
         from .decode_cuda import batch_decode_cuda
 
         heads, dim = q.shape[1], q.shape[2]
@@ -283,14 +305,16 @@ def _attention_run_impl(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: 
                           kv_indptr, kv_indices, kv_lens, num_kv_heads=k.shape[2],
                           page_size=page_size, paged=paged, window_left=window_left,
                           soft_cap=soft_cap, sm_scale=sm_scale)
-        merge_varlen_triton(part_v, part_s, merge_indptr, out, lse)
+        merge_varlen_triton(part_v, part_s, merge_indptr, out, lse, v_scale)
         return
 
     kw = dict(num_kv_heads=k.shape[2], page_size=page_size, paged=paged, causal=causal,
               window_left=window_left, soft_cap=soft_cap, sm_scale=sm_scale, decode=decode,
-              variant=var, variant_args=tuple(variant_args))
+              variant=var, variant_args=tuple(variant_args), num_items=num_items)
     n_pad = items.shape[1]
     if not decode:
+        if v_scale != 1.0:
+            raise ValueError("v_scale is decode only")
         attention_fwd_triton(q, k, v, out, lse, items, n_pad, n_programs, qo_indptr, kv_indptr,
                              kv_indices, kv_lens, mask, mask_indptr, **kw)
         return
@@ -300,7 +324,7 @@ def _attention_run_impl(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: 
     part_s = ws[n_pad * heads * dim:n_pad * heads * (dim + 1)].view(n_pad, heads)
     attention_fwd_triton(q, k, v, part_v, part_s, items, n_pad, n_programs, qo_indptr,
                          kv_indptr, kv_indices, kv_lens, None, None, **kw)
-    merge_varlen_triton(part_v, part_s, merge_indptr, out, lse)
+    merge_varlen_triton(part_v, part_s, merge_indptr, out, lse, v_scale)
 
 
 attention_run_op = torch.library.custom_op(
@@ -309,17 +333,20 @@ attention_run_op = torch.library.custom_op(
 
 @attention_run_op.register_fake
 def _(q, k, v, out, lse, workspace, items, qo_indptr, kv_indptr, kv_indices, kv_lens,
-      merge_indptr, mask, mask_indptr, variant_args, n_programs, page_size, decode, paged, causal,
-      window_left, soft_cap, sm_scale, variant, backend):
+      merge_indptr, mask, mask_indptr, variant_args, num_items, n_programs, page_size, decode,
+      paged, causal, window_left, soft_cap, sm_scale, k_scale, v_scale, variant, backend):
     return None
 
 
-def launch(plan: AttentionPlan, q, k, v, out, lse, workspace, backend: str, variant_args=()):
-    """Run ``plan`` through the custom op (the implementation itself in eager mode)."""
+def launch(plan: AttentionPlan, q, k, v, out, lse, workspace, backend: str, variant_args=(), *,
+           k_scale: float = 1.0, v_scale: float = 1.0):
+    """Run ``plan`` through the custom op (the implementation itself in eager mode).
+    ``k_scale``/``v_scale``: the KV cache's dequantization scales (fp8; decode only)."""
     from .merge_state import _dispatch
 
     fn = _dispatch(attention_run_op, _attention_run_impl)
     fn(q, k, v, out, lse, workspace, plan.items, plan.qo_indptr, plan.kv_indptr,
        plan.kv_indices, plan.kv_lens, plan.merge_indptr, plan.mask, plan.mask_indptr,
-       list(variant_args), plan.n_items, plan.page_size, plan.decode, plan.paged, plan.causal,
-       plan.window_left, plan.soft_cap, plan.sm_scale, variant_key(plan.variant), backend)
+       list(variant_args), plan.num_items, plan.n_programs, plan.page_size, plan.decode,
+       plan.paged, plan.causal, plan.window_left, plan.soft_cap, plan.sm_scale, float(k_scale),
+       float(v_scale), variant_key(plan.variant), backend)

@@ -49,10 +49,13 @@ def block_sizes(group: int, head_dim: int, decode: bool) -> tuple[int, int]:
 def attention_fwd_triton(q, k, v, o, lse, items, n_items_pad, n_programs, qo_indptr, kv_indptr,
                          kv_indices, kv_lens, mask, mask_indptr, *, num_kv_heads, page_size, paged,
                          causal, window_left, soft_cap, sm_scale, decode, variant=None,
-                         variant_args=()) -> None:
+                         variant_args=(), num_items=None) -> None:
     """q [nnz_q, Hq, D]; k/v 4-D [pages, page_size, Hk, D]-like views given by their
-    (page, token, head) strides (ragged: [tokens, Hk, D] viewed with a unit page); o/lse the
-    rows that items' ``o_row`` index. ``items`` int32 [6, n_items_pad]."""
+    (page, token, head) strides (ragged: [tokens, Hk, D] viewed with a unit page), q's dtype or
+    fp8 e4m3 (converted to q's dtype after the load; fold k_scale into ``sm_scale``); o/lse the
+    rows that items' ``o_row`` index. ``items`` int32 [6, n_items_pad]. ``num_items`` (int32
+    [1] on the device, CUDA-graph plans): programs at or past it exit at once, so the grid
+    ``n_programs`` can stay fixed while re-plans change the real count."""
     if n_programs == 0 or num_kv_heads == 0:
         return
     head_dim = q.shape[-1]
@@ -61,7 +64,8 @@ def attention_fwd_triton(q, k, v, o, lse, items, n_items_pad, n_programs, qo_ind
     block_m, block_n = block_sizes(group, head_dim, decode)
     s_k, s_v = k.stride(), v.stride()
     kernel[(n_programs, num_kv_heads)](
-        q, k, v, o, lse, items, n_items_pad, qo_indptr, kv_indptr, kv_indices, kv_lens,
+        q, k, v, o, lse, items, n_items_pad, num_items if num_items is not None else items,
+        qo_indptr, kv_indptr, kv_indices, kv_lens,
         mask if mask is not None else kv_lens, mask_indptr if mask_indptr is not None else kv_lens,
         float(sm_scale), float(soft_cap or 1.0), int(window_left),
         q.stride(0), q.stride(1), s_k[0], s_k[1], s_k[2], s_v[0], s_v[1], s_v[2],
@@ -72,18 +76,21 @@ def attention_fwd_triton(q, k, v, o, lse, items, n_items_pad, n_programs, qo_ind
         # Triton 3.9's interpreter multiplies bf16 dot operands as their uint16 bit patterns
         # (a 16x16 dot came out 2e10 off); on the CPU the operands are upcast instead.
         DOT_F32=q.device.type != "cuda" and q.dtype == torch.bfloat16,
+        HAS_COUNT=num_items is not None,
     )
 
 
-def merge_varlen_triton(v, s, merge_indptr, v_out, s_out) -> None:
+def merge_varlen_triton(v, s, merge_indptr, v_out, s_out, v_scale: float = 1.0) -> None:
     """v [n_items, H, D], s [n_items, H] partial states; request i's are rows
-    merge_indptr[i]:merge_indptr[i + 1]; writes v_out [batch, H, D], s_out [batch, H]."""
+    merge_indptr[i]:merge_indptr[i + 1]; writes v_out [batch, H, D] (times ``v_scale``, fp8
+    KV's value scale), s_out [batch, H]."""
     batch, heads, dim = v_out.shape
     if batch == 0 or heads == 0:
         return
     kernel = jit.load(attention_triton_spec(dim))._merge_varlen_kernel
     block_h = max(1, min(_pow2(heads), _MERGE_MAX_BLOCK_ELEMS // _pow2(dim)))
     kernel[(batch, -(-heads // block_h))](
-        v, s, merge_indptr, v_out, s_out, heads, v.stride(0), v.stride(1), s.stride(0),
-        s.stride(1), v_out.stride(0), v_out.stride(1), s_out.stride(0), s_out.stride(1),
+        v, s, merge_indptr, v_out, s_out, heads, float(v_scale), v.stride(0), v.stride(1),
+        s.stride(0), s.stride(1), v_out.stride(0), v_out.stride(1), s_out.stride(0),
+        s_out.stride(1),
         BLOCK_H=block_h)

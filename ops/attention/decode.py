@@ -8,30 +8,46 @@ workspace) and the varlen merge; it never synchronizes with the device.
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 
 from .._validate import check_tensor
 from ..scheduler import plan_split_kv
-from ._plan import (KV_DTYPES, AttentionPlan, attn_backend, check_heads, check_int, check_layout,
-                    check_page_table, check_scalars, int32, items_tensor, kv_views, launch,
-                    unpack_paged_cache)
+from ._plan import (DECODE_KV_DTYPES, FP8_KV_DTYPES, INDEX_DTYPES, KV_DTYPES, AttentionPlan,
+                    attn_backend, check_heads, check_int, check_layout, check_page_table,
+                    check_scalars, int32, items_tensor, kv_views, launch, unpack_paged_cache)
 from .decode_cuda import SUPPORTED_HEAD_DIMS as CUDA_HEAD_DIMS
 from .decode_cuda import check_cuda_decode
 from .variants import AttentionVariant
 
 __all__ = ["single_decode_with_kv_cache", "BatchDecodeWithPagedKVCacheWrapper"]
 
-_DTYPE_NAMES = {"float16": torch.float16, "half": torch.float16, "bfloat16": torch.bfloat16}
+_DTYPE_NAMES = {"float16": torch.float16, "half": torch.float16, "bfloat16": torch.bfloat16,
+                "float8_e4m3fn": torch.float8_e4m3fn, "e4m3": torch.float8_e4m3fn}
 
 
-def as_dtype(name: str, value, default=None) -> torch.dtype:
+def as_dtype(name: str, value, default=None, allowed=KV_DTYPES) -> torch.dtype:
     if value is None and default is not None:
         return default
     value = _DTYPE_NAMES.get(value, value) if isinstance(value, str) else value
-    if value not in KV_DTYPES:
-        raise ValueError(f"{name} must be torch.float16 or torch.bfloat16, got {value!r}")
+    if value not in allowed:
+        names = " or ".join(f"torch.{str(d).split('.')[-1]}" for d in allowed)
+        raise ValueError(f"{name} must be {names}, got {value!r}")
     return value
+
+
+def check_kv_scales(k_scale, v_scale) -> tuple[float, float]:
+    """run()'s dequantization scales (None: 1.0), finite floats: FlashInfer's k_scale/v_scale."""
+    out = []
+    for name, x in (("k_scale", k_scale), ("v_scale", v_scale)):
+        if x is None:
+            x = 1.0
+        if isinstance(x, bool) or not isinstance(x, (int, float)) or not math.isfinite(x):
+            raise ValueError(f"{name} must be None or a finite float, got {x!r}")
+        out.append(float(x))
+    return out[0], out[1]
 
 
 def default_workers(device: torch.device, num_kv_heads: int) -> int:
@@ -43,20 +59,65 @@ def default_workers(device: torch.device, num_kv_heads: int) -> int:
     return max(1, 2 * sms // num_kv_heads)
 
 
-def split_kv_plan(kv_lens: np.ndarray, device, num_kv_heads, page_size, num_workers,
-                  min_chunk_tokens) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """Decode work items (on ``device``): one per KV chunk, launched longest first."""
-    workers = num_workers or default_workers(torch.device(device), num_kv_heads)
-    sp = plan_split_kv(kv_lens, workers, page_size=page_size, min_chunk_tokens=min_chunk_tokens)
+def split_kv_items(kv_lens: np.ndarray, workers: int, page_size: int, min_chunk_tokens: int,
+                   max_items: int | None = None) -> tuple[list[np.ndarray], np.ndarray, int]:
+    """Decode work items on the host: (the 6 columns of the items table, launched longest
+    first; merge_indptr int32 [batch + 1]; n_items). With ``max_items`` (a CUDA-graph plan's
+    fixed capacity, at least the batch size), chunks are lengthened (min_chunk_tokens doubled)
+    until the plan fits: at worst one item per non-empty request."""
+    while True:
+        sp = plan_split_kv(kv_lens, workers, page_size=page_size, min_chunk_tokens=min_chunk_tokens)
+        if max_items is None or sp.num_items <= max_items:
+            break
+        min_chunk_tokens *= 2
     order = sp.worker_items.numpy().astype(np.int64)  # LPT order: cost descending
     n = sp.num_items
     cols = [sp.request.numpy()[order], np.zeros(n), np.ones(n), sp.kv_start.numpy()[order],
             sp.kv_end.numpy()[order], order]
-    return items_tensor(cols, device), sp.merge_indptr.to(device, non_blocking=True), n
+    return cols, sp.merge_indptr.numpy(), n
 
 
-def check_cuda_plan(head_dim: int, variant) -> None:
+def split_kv_plan(kv_lens: np.ndarray, device, num_kv_heads, page_size, num_workers,
+                  min_chunk_tokens) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Decode work items (on ``device``): one per KV chunk, launched longest first."""
+    workers = num_workers or default_workers(torch.device(device), num_kv_heads)
+    cols, merge_indptr, n = split_kv_items(kv_lens, workers, page_size, min_chunk_tokens)
+    return items_tensor(cols, device), int32(merge_indptr, device), n
+
+
+class _GraphBuffers:
+    """The fixed device buffers of a use_cuda_graph=True wrapper. The page-table buffers are the
+    user's (FlashInfer's contract); the work-item table, its device-side count, merge_indptr,
+    qo_indptr and kv_lens are allocated at the first plan(), sized for ``max_batch`` requests
+    and ``max_items = max_batch + 2 * num_workers`` work items (num_workers of that first
+    plan), and every later plan() copies into them in place."""
+
+    def __init__(self, indptr, indices, last_page_len):
+        self.indptr, self.indices, self.last_page_len = indptr, indices, last_page_len
+        self.max_batch = last_page_len.numel()
+        self.max_items = 0
+        self.items = self.num_items = self.merge_indptr = self.qo_indptr = self.kv_lens = None
+
+    def allocate(self, workers: int, device) -> None:
+        self.max_items = self.max_batch + 2 * workers
+        i32 = dict(dtype=torch.int32, device=device)
+        self.items = torch.zeros((6, self.max_items), **i32)
+        self.num_items = torch.zeros(1, **i32)
+        self.merge_indptr = torch.zeros(self.max_batch + 1, **i32)
+        self.qo_indptr = torch.arange(self.max_batch + 1, **i32)
+        self.kv_lens = torch.zeros(self.max_batch, **i32)
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        return {name: getattr(self, name) for name in (
+            "indptr", "indices", "last_page_len", "items", "num_items", "merge_indptr",
+            "qo_indptr", "kv_lens")}
+
+
+def check_cuda_plan(head_dim: int, variant, kv_dtype=None) -> None:
     """What backend='cuda' (the NVRTC decode kernel) cannot do, refused before any launch."""
+    if kv_dtype in FP8_KV_DTYPES:
+        raise ValueError("backend='cuda' has no fp8 KV (the NVRTC kernel is fp16/bf16); use "
+                         "backend='triton'")
     if variant is not None:
         raise ValueError("backend='cuda' has no custom variants (they are Triton snippets); use "
                          "backend='triton'")
@@ -70,14 +131,15 @@ def single_decode_with_kv_cache(q: torch.Tensor, k: torch.Tensor, v: torch.Tenso
                                 logits_soft_cap: float | None = None,
                                 sm_scale: float | None = None, return_lse: bool = False, *,
                                 backend: str = "auto", variant: AttentionVariant | None = None,
-                                variant_args=()):
+                                variant_args=(), k_scale: float | None = None,
+                                v_scale: float | None = None):
     """Attention of one query token over one request's KV.
 
     Parameters
     ----------
     q : [num_qo_heads, head_dim], fp16/bf16
     k, v : [kv_len, num_kv_heads, head_dim] (NHD) or [num_kv_heads, kv_len, head_dim] (HND),
-        q's dtype; num_kv_heads divides num_qo_heads
+        q's dtype or torch.float8_e4m3fn; num_kv_heads divides num_qo_heads
     window_left : keys at positions >= kv_len - 1 - window_left only (-1: all)
     logits_soft_cap : cap * tanh(logits / cap) when > 0
     sm_scale : default 1/sqrt(head_dim)
@@ -85,6 +147,8 @@ def single_decode_with_kv_cache(q: torch.Tensor, k: torch.Tensor, v: torch.Tenso
     backend : "auto" (Triton on CUDA, torch on CPU) | "triton" | "torch" | "cuda" (the NVRTC
         decode kernel; not yet verified on a GPU, so "auto" does not pick it)
     variant, variant_args : a custom logits transform/mask (flashkit.ops.attention.variants)
+    k_scale, v_scale : dequantization scales of k and v (fp8: the real k is k * k_scale);
+        k_scale multiplies the logits, v_scale the output, as FlashInfer's
 
     Returns
     -------
@@ -99,7 +163,10 @@ def single_decode_with_kv_cache(q: torch.Tensor, k: torch.Tensor, v: torch.Tenso
     check_tensor("q", q, dtypes=KV_DTYPES, ndim=2, last_dim_contiguous=True)
     heads, dim = q.shape
     for name, t in (("k", k), ("v", v)):
-        check_tensor(name, t, dtypes=(q.dtype,), ndim=3, device=q.device, last_dim_contiguous=True)
+        check_tensor(name, t, dtypes=(q.dtype,) + FP8_KV_DTYPES, ndim=3, device=q.device,
+                     last_dim_contiguous=True)
+    if v.dtype != k.dtype:
+        raise ValueError(f"v must have k's dtype {k.dtype}, got {v.dtype}")
     if v.shape != k.shape:
         raise ValueError(f"v must have k's shape {tuple(k.shape)}, got {tuple(v.shape)}")
     kv_len, num_kv_heads = (k.shape[0], k.shape[1]) if kv_layout == "NHD" else (k.shape[1], k.shape[0])
@@ -108,10 +175,11 @@ def single_decode_with_kv_cache(q: torch.Tensor, k: torch.Tensor, v: torch.Tenso
     if heads % num_kv_heads:
         raise ValueError(f"k's num_kv_heads ({num_kv_heads}) must divide q's num_qo_heads ({heads})")
     window_left, soft_cap, sm_scale = check_scalars(window_left, logits_soft_cap, sm_scale, dim)
+    k_scale, v_scale = check_kv_scales(k_scale, v_scale)
     backend = attn_backend(backend, q.device, decode=True)
     k4, v4 = kv_views(k, v, kv_layout)
     if backend == "cuda":
-        check_cuda_plan(dim, variant)
+        check_cuda_plan(dim, variant, k.dtype)
         check_cuda_decode(q[None], k4, v4)
     items, merge_indptr, n = split_kv_plan(np.array([kv_len], np.int64), q.device, num_kv_heads,
                                            1, None, 128)
@@ -126,7 +194,8 @@ def single_decode_with_kv_cache(q: torch.Tensor, k: torch.Tensor, v: torch.Tenso
     out = torch.empty((1, heads, dim), dtype=q.dtype, device=q.device)
     lse = torch.empty((1, heads), dtype=torch.float32, device=q.device)
     workspace = torch.empty(max(plan.workspace_bytes(), 4), dtype=torch.uint8, device=q.device)
-    launch(plan, q[None], k4, v4, out, lse, workspace, backend, variant_args)
+    launch(plan, q[None], k4, v4, out, lse, workspace, backend, variant_args, k_scale=k_scale,
+           v_scale=v_scale)
     return (out[0], lse[0]) if return_lse else out[0]
 
 
@@ -138,9 +207,20 @@ class BatchDecodeWithPagedKVCacheWrapper:
     float_workspace_buffer : a uint8 (any dtype) device tensor for the split-KV partial states;
         plan() checks it is large enough (items x num_qo_heads x (head_dim + 1) x 4 bytes).
     kv_layout : "NHD" | "HND"
-    use_cuda_graph : must be False for now (a fixed-grid plan for CUDA graphs is not done yet)
+    use_cuda_graph : fix run()'s launches so that it can be captured in a CUDA graph once and
+        replayed after any later plan(): plan() then copies the page table and its work items
+        into fixed buffers (same data_ptrs every plan) and run() launches a fixed grid whose
+        surplus programs exit early. Needs the three buffers below (FlashInfer's contract).
+    paged_kv_indptr_buffer, paged_kv_indices_buffer, paged_kv_last_page_len_buffer : int32
+        device buffers of [max_batch + 1], [max_num_pages] and [max_batch] (use_cuda_graph only):
+        plan() copies its page table into them. Any batch up to max_batch can be planned (not
+        only max_batch, as FlashInfer requires); run() then takes q with between batch and
+        max_batch rows, rows past the planned batch giving o = 0 and lse = -inf, so capture
+        run() with q/out of max_batch rows to replay any smaller batch.
     backend : "auto" | "triton" | "torch" | "cuda" (the NVRTC decode kernel, explicit only:
-        "auto" keeps Triton until it has been verified on a GPU)
+        "auto" keeps Triton until it has been verified on a GPU; no use_cuda_graph). The torch
+        backend reads the page table on the host, so it runs a graph-mode plan but cannot be
+        captured.
 
     Example
     -------
@@ -151,16 +231,44 @@ class BatchDecodeWithPagedKVCacheWrapper:
     """
 
     def __init__(self, float_workspace_buffer: torch.Tensor, kv_layout: str = "NHD",
-                 use_cuda_graph: bool = False, *, backend: str = "auto"):
+                 use_cuda_graph: bool = False, *,
+                 paged_kv_indptr_buffer: torch.Tensor | None = None,
+                 paged_kv_indices_buffer: torch.Tensor | None = None,
+                 paged_kv_last_page_len_buffer: torch.Tensor | None = None,
+                 backend: str = "auto"):
         check_tensor("float_workspace_buffer", float_workspace_buffer)
         check_layout(kv_layout)
-        if use_cuda_graph:
-            raise ValueError("use_cuda_graph=True is not supported yet (no fixed-grid plan); "
-                             "pass use_cuda_graph=False")
         self._workspace = float_workspace_buffer
         self._kv_layout = kv_layout
         self._backend = attn_backend(backend, float_workspace_buffer.device, decode=True)
         self._plan: AttentionPlan | None = None
+        self._graph: _GraphBuffers | None = None
+        bufs = (("paged_kv_indptr_buffer", paged_kv_indptr_buffer),
+                ("paged_kv_indices_buffer", paged_kv_indices_buffer),
+                ("paged_kv_last_page_len_buffer", paged_kv_last_page_len_buffer))
+        if not use_cuda_graph:
+            return
+        if self._backend == "cuda":
+            raise ValueError("use_cuda_graph=True needs backend 'triton' or 'auto': the CUDA "
+                             "decode kernel has no fixed-grid launch yet")
+        for name, buf in bufs:
+            if not isinstance(buf, torch.Tensor):
+                raise ValueError(f"use_cuda_graph=True needs {name} (an int32 device tensor "
+                                 f"that plan() copies the page table into)")
+            check_tensor(name, buf, dtypes=INDEX_DTYPES, ndim=1, device=self.device)
+            if not buf.is_contiguous():
+                raise ValueError(f"{name} must be contiguous")
+        max_batch = paged_kv_last_page_len_buffer.numel()
+        if paged_kv_indptr_buffer.numel() != max_batch + 1:
+            raise ValueError(f"paged_kv_indptr_buffer must have max_batch + 1 = {max_batch + 1} "
+                             f"entries (max_batch from paged_kv_last_page_len_buffer), got "
+                             f"{paged_kv_indptr_buffer.numel()}")
+        self._graph = _GraphBuffers(paged_kv_indptr_buffer, paged_kv_indices_buffer,
+                                    paged_kv_last_page_len_buffer)
+
+    @property
+    def is_cuda_graph_enabled(self) -> bool:
+        return self._graph is not None
 
     @property
     def device(self) -> torch.device:
@@ -179,7 +287,13 @@ class BatchDecodeWithPagedKVCacheWrapper:
         [1, page_size] (0 allowed for a request without pages): request i's KV is pages
         ``indices[indptr[i]:indptr[i + 1]]``, the last holding last_page_len[i] tokens.
         ``num_workers``/``min_chunk_tokens`` (flashkit's) override the split-KV planner's
-        defaults (two programs per SM, 128-token chunks at least).
+        defaults (two programs per SM, 128-token chunks at least). ``kv_data_type`` may be
+        torch.float8_e4m3fn (q's dtype by default): run() then takes k_scale/v_scale.
+
+        With use_cuda_graph=True the plan is copied into the wrapper's fixed buffers; a batch
+        larger than max_batch or more pages than paged_kv_indices_buffer holds raises
+        ValueError. Work items are capped at the capacity fixed by the first plan (max_batch +
+        2 x its num_workers): a plan that would split into more has its chunks lengthened.
         """
         check_heads(num_qo_heads, num_kv_heads)
         head_dim = check_int("head_dim", head_dim, 1, 512)
@@ -188,7 +302,8 @@ class BatchDecodeWithPagedKVCacheWrapper:
             raise ValueError(f"pos_encoding_mode must be 'NONE' (apply RoPE before attention), got "
                              f"{pos_encoding_mode!r}")
         q_dtype = as_dtype("q_data_type", q_data_type)
-        kv_dtype = as_dtype("kv_data_type", kv_data_type, default=q_dtype)
+        kv_dtype = as_dtype("kv_data_type", kv_data_type, default=q_dtype,
+                            allowed=DECODE_KV_DTYPES)
         window_left, soft_cap, sm_scale = check_scalars(window_left, logits_soft_cap, sm_scale,
                                                         head_dim)
         if num_workers is not None:
@@ -197,20 +312,26 @@ class BatchDecodeWithPagedKVCacheWrapper:
         if variant is not None and not isinstance(variant, AttentionVariant):
             raise ValueError(f"variant must be an AttentionVariant, got {type(variant).__name__}")
         if self._backend == "cuda":
-            check_cuda_plan(head_dim, variant)
+            check_cuda_plan(head_dim, variant, kv_dtype)
         kv_lens, max_page = check_page_table(indptr, indices, last_page_len, page_size)
         dev = self.device
-        items, merge_indptr, n = split_kv_plan(kv_lens, dev, num_kv_heads, page_size, num_workers,
-                                               min_chunk_tokens)
         batch = kv_lens.size
-        plan = AttentionPlan(
+        common = dict(
             decode=True, paged=True, batch=batch, nnz_qo=batch, num_qo_heads=num_qo_heads,
             num_kv_heads=num_kv_heads, head_dim=head_dim, page_size=page_size, causal=False,
             window_left=window_left, soft_cap=soft_cap, sm_scale=sm_scale, q_dtype=q_dtype,
-            kv_dtype=kv_dtype, n_items=n, max_page=max_page, items=items,
-            qo_indptr=int32(np.arange(batch + 1), dev), kv_indptr=indptr.to(dev, non_blocking=True),
-            kv_indices=indices.to(dev, non_blocking=True), kv_lens=int32(kv_lens, dev),
-            merge_indptr=merge_indptr, variant=variant)
+            kv_dtype=kv_dtype, max_page=max_page, variant=variant)
+        if self._graph is not None:
+            plan = self._plan_graph(kv_lens, indptr, indices, last_page_len, num_kv_heads,
+                                    page_size, num_workers, min_chunk_tokens, non_blocking, common)
+        else:
+            items, merge_indptr, n = split_kv_plan(kv_lens, dev, num_kv_heads, page_size,
+                                                   num_workers, min_chunk_tokens)
+            plan = AttentionPlan(
+                **common, n_items=n, items=items, qo_indptr=int32(np.arange(batch + 1), dev),
+                kv_indptr=indptr.to(dev, non_blocking=True),
+                kv_indices=indices.to(dev, non_blocking=True), kv_lens=int32(kv_lens, dev),
+                merge_indptr=merge_indptr)
         need = plan.workspace_bytes()
         have = self._workspace.numel() * self._workspace.element_size()
         if need > have:
@@ -220,30 +341,77 @@ class BatchDecodeWithPagedKVCacheWrapper:
 
     begin_forward = plan
 
+    def _plan_graph(self, kv_lens, indptr, indices, last_page_len, num_kv_heads, page_size,
+                    num_workers, min_chunk_tokens, non_blocking, common) -> AttentionPlan:
+        """A use_cuda_graph plan: every device tensor it names is one of the fixed buffers
+        (or a view at its start), refilled in place."""
+        g, dev = self._graph, self.device
+        batch = kv_lens.size
+        if batch > g.max_batch:
+            raise ValueError(f"use_cuda_graph=True: batch size {batch} exceeds max_batch = "
+                             f"{g.max_batch} (the length of paged_kv_last_page_len_buffer)")
+        n_pages = int(indptr[-1].item())
+        if n_pages > g.indices.numel():
+            raise ValueError(f"use_cuda_graph=True: the page table has {n_pages} pages but "
+                             f"paged_kv_indices_buffer holds {g.indices.numel()}")
+        workers = num_workers or default_workers(dev, num_kv_heads)
+        if g.items is None:
+            g.allocate(workers, dev)
+        cols, merge_indptr, n = split_kv_items(kv_lens, workers, page_size, min_chunk_tokens,
+                                               max_items=g.max_items)
+        host = np.zeros((6, g.max_items), np.int32)
+        for r, c in enumerate(cols):
+            host[r, :n] = c
+        pad = g.max_batch - batch  # requests past the batch: empty, merged to o = 0
+        copies = [
+            (g.items, host), (g.num_items, np.array([n])),
+            (g.merge_indptr, np.concatenate([merge_indptr, np.full(pad, n)])),
+            (g.kv_lens, np.concatenate([kv_lens, np.zeros(pad)])),
+            (g.indptr[:batch + 1], indptr), (g.indices[:n_pages], indices[:n_pages]),
+            (g.last_page_len[:batch], last_page_len)]
+        for dst, src in copies:
+            if isinstance(src, np.ndarray):
+                src = torch.from_numpy(src.astype(np.int32))
+            dst.copy_(src, non_blocking=non_blocking)
+        return AttentionPlan(
+            **common, n_items=n, items=g.items, qo_indptr=g.qo_indptr[:batch + 1],
+            kv_indptr=g.indptr[:batch + 1], kv_indices=g.indices, kv_lens=g.kv_lens[:batch],
+            merge_indptr=g.merge_indptr, num_items=g.num_items)
+
     def run(self, q: torch.Tensor, paged_kv_cache, *, out: torch.Tensor | None = None,
-            lse: torch.Tensor | None = None, return_lse: bool = False, variant_args=()):
+            lse: torch.Tensor | None = None, return_lse: bool = False, variant_args=(),
+            k_scale: float | None = None, v_scale: float | None = None):
         """q [batch, num_qo_heads, head_dim] -> o [batch, num_qo_heads, head_dim] (and the
         base-2 LSE [batch, num_qo_heads] float32 when return_lse). ``paged_kv_cache``: one
         tensor [max_pages, 2, page_size, H, D] (NHD) / [max_pages, 2, H, page_size, D] (HND) or
-        a (k_cache, v_cache) tuple of the 4-D halves."""
+        a (k_cache, v_cache) tuple of the 4-D halves, of the planned kv_data_type.
+        ``k_scale``/``v_scale`` (FlashInfer's): the cache holds k / k_scale and v / v_scale
+        (fp8 e4m3, or any dtype); k_scale multiplies the logits (before the soft cap), v_scale
+        the output. With use_cuda_graph=True, q may have up to max_batch rows (see the class)."""
         plan = self._plan
         if plan is None:
             raise RuntimeError("BatchDecodeWithPagedKVCacheWrapper.run() called before plan()")
+        rows = plan.batch
+        if self._graph is not None and plan.batch <= q.shape[0] <= self._graph.max_batch:
+            rows = q.shape[0]
         k, v = check_run_inputs(plan, q, paged_kv_cache, self._kv_layout, self.device,
-                                (plan.batch, plan.num_qo_heads, plan.head_dim))
+                                (rows, plan.num_qo_heads, plan.head_dim), DECODE_KV_DTYPES)
+        k_scale, v_scale = check_kv_scales(k_scale, v_scale)
         out, lse = check_outputs(plan, q, out, lse)
         if self._backend == "cuda":
             check_cuda_decode(q, k, v)
-        launch(plan, q, k, v, out, lse, self._workspace, self._backend, variant_args)
+        launch(plan, q, k, v, out, lse, self._workspace, self._backend, variant_args,
+               k_scale=k_scale, v_scale=v_scale)
         return (out, lse) if return_lse else out
 
     forward = run
 
 
-def check_run_inputs(plan: AttentionPlan, q, paged_kv_cache, kv_layout, device, q_shape):
+def check_run_inputs(plan: AttentionPlan, q, paged_kv_cache, kv_layout, device, q_shape,
+                     kv_dtypes=KV_DTYPES):
     check_tensor("q", q, dtypes=(plan.q_dtype,), shape=q_shape, device=device,
                  last_dim_contiguous=True)
-    k, v = unpack_paged_cache(paged_kv_cache, kv_layout)
+    k, v = unpack_paged_cache(paged_kv_cache, kv_layout, kv_dtypes)
     if k.dtype != plan.kv_dtype or k.device != device:
         raise ValueError(f"paged_kv_cache must be {plan.kv_dtype} on {device} (as planned), got "
                          f"{k.dtype} on {k.device}")

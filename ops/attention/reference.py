@@ -44,6 +44,7 @@ def naive_single_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
                            causal: bool = False, custom_mask: torch.Tensor | None = None,
                            window_left: int = -1, logits_soft_cap: float | None = None,
                            sm_scale: float | None = None, logits_fn=None,
+                           k_scale: float | None = None, v_scale: float | None = None,
                            ) -> tuple[torch.Tensor, torch.Tensor]:
     """Attention of one request, FlashInfer's semantics, in float32 (float64 for float64 inputs).
 
@@ -54,7 +55,8 @@ def naive_single_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
     query position t when ``p <= t`` (causal), ``p >= t - window_left`` (window_left >= 0) and the
     mask allows it. logits = q.k * sm_scale (default 1/sqrt(head_dim)), then
     ``cap * tanh(logits / cap)`` with a soft cap. ``logits_fn(logits, q_pos, k_pos, qo_head)``,
-    if given, returns (logits, keep) for a custom variant.
+    if given, returns (logits, keep) for a custom variant. k/v may be fp8 (e4m3) with
+    ``k_scale``/``v_scale``: they are dequantized (``k.float() * k_scale``) before anything else.
 
     Returns o [qo_len, num_qo_heads, head_dim] (q's dtype) and the base-2 LSE [qo_len,
     num_qo_heads] float32 (float64 for float64 inputs). A row with no key kept gives o = 0 and
@@ -66,8 +68,13 @@ def naive_single_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
     group = hq // hk
     if sm_scale is None:
         sm_scale = 1.0 / math.sqrt(d)
-    kf = k.to(acc).repeat_interleave(group, dim=1)
-    vf = v.to(acc).repeat_interleave(group, dim=1)
+    kf, vf = k.to(acc), v.to(acc)
+    if k_scale is not None:
+        kf = kf * k_scale
+    if v_scale is not None:
+        vf = vf * v_scale
+    kf = kf.repeat_interleave(group, dim=1)
+    vf = vf.repeat_interleave(group, dim=1)
     logits = torch.einsum("qhd,khd->hqk", q.to(acc), kf) * sm_scale
     if logits_soft_cap is not None and logits_soft_cap > 0:
         logits = logits_soft_cap * torch.tanh(logits / logits_soft_cap)
