@@ -8,6 +8,8 @@
 | FLASHKIT_JIT_WORKERS     | parallel builds in `flashkit jit build` (default: cores, max 8)  |
 | FLASHKIT_LOCK_TIMEOUT    | seconds to wait for another process's build (default 900)        |
 | CXX                      | C++ compiler of the ninja backend (default g++, then c++)        |
+| FLASHKIT_INTERPRET_BF16_DOT | `f32` (default) or `native`: how bf16 `tl.dot`s run under     |
+|                          | Triton's interpreter (see interpreted_bf16_dot_upcast)           |
 """
 from __future__ import annotations
 
@@ -44,3 +46,15 @@ def lock_timeout() -> float:
 def build_workers() -> int:
     env = os.environ.get("FLASHKIT_JIT_WORKERS")
     return max(1, int(env)) if env else max(1, min(8, os.cpu_count() or 1))
+
+
+def interpreted_bf16_dot_upcast() -> bool:
+    """Whether Triton kernels upcast bf16 dot operands to float32: only under Triton's
+    interpreter (TRITON_INTERPRET=1), whose bf16 ``tl.dot`` multiplies the operands' uint16 bit
+    patterns (a randn 16x16 product came out 2.5e10 off with triton 3.9). On a GPU the dots stay
+    bf16 (tensor cores). ``FLASHKIT_INTERPRET_BF16_DOT=native`` keeps bf16 under the interpreter
+    too: the numbers are then wrong, but the launches are the GPU's, which is what
+    ``flashkit.jit.triton_aot`` records to compile them for a GPU architecture."""
+    if os.environ.get("TRITON_INTERPRET", "0") != "1":
+        return False
+    return os.environ.get("FLASHKIT_INTERPRET_BF16_DOT", "f32").strip().lower() != "native"

@@ -14,12 +14,9 @@ import torch
 from flashkit import jit
 
 from .variants import AttentionVariant
+from .._triton import dot_dtype, pow2
 
 _MERGE_MAX_BLOCK_ELEMS = 2048  # as merge_state_triton: 16 fp32 accumulators per thread at 4 warps
-
-
-def _pow2(n: int) -> int:
-    return 1 << max(0, (n - 1).bit_length())
 
 
 @functools.lru_cache(maxsize=None)  # launchers call this per launch: render + hash once
@@ -27,7 +24,7 @@ def attention_triton_spec(head_dim: int, variant: AttentionVariant | None = None
     variant = variant or AttentionVariant.default()
     name = f"attention_triton_hd{head_dim}" + (f"_{variant.name}" if variant.name != "default" else "")
     return jit.KernelSpec.create(name, "triton", "attention/attention.py.j2", {
-        "head_dim": head_dim, "block_d": _pow2(head_dim), "variant_name": variant.name,
+        "head_dim": head_dim, "block_d": pow2(head_dim), "variant_name": variant.name,
         "logits_snippet": variant.triton_lines, "variant_params": variant.params,
         "extra_params": variant.param_names})
 
@@ -36,14 +33,19 @@ def shipped_triton_specs() -> list[jit.KernelSpec]:
     return [attention_triton_spec(d) for d in (64, 128, 256)]
 
 
-def block_sizes(group: int, head_dim: int, decode: bool) -> tuple[int, int]:
-    """(BLOCK_M, BLOCK_N). Rows: a decode item has one token, so its rows are the GQA group,
+def block_sizes(group: int, head_dim: int, decode: bool,
+                masked: bool = False) -> tuple[int, int, int]:
+    """(BLOCK_M, BLOCK_N, num_warps). Rows: a decode item has one token, so its rows are the GQA group,
     padded to 16 (the smallest tensor-core dot); a prefill tile packs 64 rows (at least one
     token's group). hd 256 halves BLOCK_N to keep the K/V tiles (2 x BLOCK_N x 256 x 2 B) within
-    shared memory. Not autotuned yet: these are starting points for the GPU benchmark."""
-    block_m = max(16, _pow2(group)) if decode else max(64, _pow2(group))
+    shared memory. Tiles over 64 x 128 elements and tiles with a custom mask (``masked``: its
+    int64 addresses) take 8 warps: at 4 they spilled 352-416 bytes a thread on sm_80/sm_90
+    (tests/jit/test_triton_targets.py). Not
+    autotuned yet: these are starting points for the GPU benchmark."""
+    block_m = max(16, pow2(group)) if decode else max(64, pow2(group))
     block_n = 32 if head_dim > 128 else 64
-    return block_m, block_n
+    warps = 8 if block_m * pow2(head_dim) > 64 * 128 or masked else 4
+    return block_m, block_n, warps
 
 
 def attention_fwd_triton(q, k, v, o, lse, items, n_items_pad, n_programs, qo_indptr, kv_indptr,
@@ -61,7 +63,7 @@ def attention_fwd_triton(q, k, v, o, lse, items, n_items_pad, n_programs, qo_ind
     head_dim = q.shape[-1]
     group = q.shape[1] // num_kv_heads
     kernel = jit.load(attention_triton_spec(head_dim, variant))._attention_fwd_kernel
-    block_m, block_n = block_sizes(group, head_dim, decode)
+    block_m, block_n, warps = block_sizes(group, head_dim, decode, mask is not None)
     s_k, s_v = k.stride(), v.stride()
     kernel[(n_programs, num_kv_heads)](
         q, k, v, o, lse, items, n_items_pad, num_items if num_items is not None else items,
@@ -75,8 +77,8 @@ def attention_fwd_triton(q, k, v, o, lse, items, n_items_pad, n_programs, qo_ind
         BLOCK_M=block_m, BLOCK_N=block_n,
         # Triton 3.9's interpreter multiplies bf16 dot operands as their uint16 bit patterns
         # (a 16x16 dot came out 2e10 off); on the CPU the operands are upcast instead.
-        DOT_F32=q.device.type != "cuda" and q.dtype == torch.bfloat16,
-        HAS_COUNT=num_items is not None,
+        DOT_F32=dot_dtype(q.dtype) == "tl.float32" and q.dtype == torch.bfloat16,
+        HAS_COUNT=num_items is not None, num_warps=warps,
     )
 
 
@@ -88,7 +90,7 @@ def merge_varlen_triton(v, s, merge_indptr, v_out, s_out, v_scale: float = 1.0) 
     if batch == 0 or heads == 0:
         return
     kernel = jit.load(attention_triton_spec(dim))._merge_varlen_kernel
-    block_h = max(1, min(_pow2(heads), _MERGE_MAX_BLOCK_ELEMS // _pow2(dim)))
+    block_h = max(1, min(pow2(heads), _MERGE_MAX_BLOCK_ELEMS // pow2(dim)))
     kernel[(batch, -(-heads // block_h))](
         v, s, merge_indptr, v_out, s_out, heads, float(v_scale), v.stride(0), v.stride(1),
         s.stride(0), s.stride(1), v_out.stride(0), v_out.stride(1), s_out.stride(0),

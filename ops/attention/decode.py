@@ -113,6 +113,17 @@ class _GraphBuffers:
             "qo_indptr", "kv_lens")}
 
 
+def check_fp8_device(kv_dtype, device: torch.device) -> None:
+    """Triton has no e4m3 conversion before sm_89 (its sm_80 build of the kernel fails with
+    "type fp8e4nv not supported in this architecture"): refuse early on such GPUs."""
+    if kv_dtype not in FP8_KV_DTYPES or device.type != "cuda":
+        return
+    major, minor = torch.cuda.get_device_capability(device)
+    if (major, minor) < (8, 9):
+        raise ValueError(f"fp8 (e4m3) KV needs a GPU of compute capability 8.9 or newer "
+                         f"(Ada, Hopper), got sm_{major}{minor}; use an fp16/bf16 cache there")
+
+
 def check_cuda_plan(head_dim: int, variant, kv_dtype=None) -> None:
     """What backend='cuda' (the NVRTC decode kernel) cannot do, refused before any launch."""
     if kv_dtype in FP8_KV_DTYPES:
@@ -181,6 +192,7 @@ def single_decode_with_kv_cache(q: torch.Tensor, k: torch.Tensor, v: torch.Tenso
     if backend == "cuda":
         check_cuda_plan(dim, variant, k.dtype)
         check_cuda_decode(q[None], k4, v4)
+    check_fp8_device(k.dtype, q.device)
     items, merge_indptr, n = split_kv_plan(np.array([kv_len], np.int64), q.device, num_kv_heads,
                                            1, None, 128)
     plan = AttentionPlan(
@@ -313,6 +325,7 @@ class BatchDecodeWithPagedKVCacheWrapper:
             raise ValueError(f"variant must be an AttentionVariant, got {type(variant).__name__}")
         if self._backend == "cuda":
             check_cuda_plan(head_dim, variant, kv_dtype)
+        check_fp8_device(kv_dtype, self.device)
         kv_lens, max_page = check_page_table(indptr, indices, last_page_len, page_size)
         dev = self.device
         batch = kv_lens.size

@@ -18,6 +18,7 @@ import torch
 from flashkit import jit
 
 from .merge_state_cuda import device_arch
+from .._triton import pow2
 
 __all__ = ["decode_cuda_spec", "shipped_cuda_specs", "decode_geometry", "check_cuda_decode",
            "batch_decode_cuda"]
@@ -54,16 +55,13 @@ def shipped_cuda_specs(arch: str) -> list[jit.KernelSpec]:
             for dtype in _CTYPES for d in SHIPPED_HEAD_DIMS for layout in KV_LAYOUTS]
 
 
-def _pow2_ceil(n: int) -> int:
-    return 1 << max(0, (n - 1).bit_length())
-
 
 def decode_geometry(head_dim: int, group: int) -> dict:
     """Mirror of csrc Config: threads, rows, and how a GQA group maps onto the rows
     (heads_per_cta q heads x rows / heads_per_cta token slices; head_blocks CTAs per KV head)."""
     lanes = head_dim // _VEC
     rows = 8 if lanes * 8 >= 128 else 128 // lanes
-    heads_per_cta = min(_pow2_ceil(group), rows)
+    heads_per_cta = min(pow2(group), rows)
     return dict(threads=rows * lanes, rows=rows, heads_per_cta=heads_per_cta,
                 head_blocks=-(-group // heads_per_cta))
 

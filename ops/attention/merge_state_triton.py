@@ -6,21 +6,19 @@ import functools
 import torch
 
 from flashkit import jit
+from .._triton import pow2
 
 # 2048 fp32 accumulators per program: 16 per thread at 4 warps, enough bytes in flight per program
 # while keeping the grid (tokens x head blocks) large.
 _MAX_BLOCK_ELEMS = 2048
 
 
-def _pow2(n: int) -> int:
-    return 1 << max(0, (n - 1).bit_length())
-
 
 @functools.lru_cache(maxsize=None)  # launchers call this per launch: render + hash once
 def merge_state_triton_spec(head_dim: int) -> jit.KernelSpec:
     return jit.KernelSpec.create(f"merge_state_triton_hd{head_dim}", "triton",
                                  "attention/merge_state.py.j2",
-                                 {"head_dim": head_dim, "block_d": _pow2(head_dim)})
+                                 {"head_dim": head_dim, "block_d": pow2(head_dim)})
 
 
 def shipped_triton_specs() -> list[jit.KernelSpec]:
@@ -28,7 +26,7 @@ def shipped_triton_specs() -> list[jit.KernelSpec]:
 
 
 def _block_h(heads: int, head_dim: int) -> int:
-    return max(1, min(_pow2(heads), _MAX_BLOCK_ELEMS // _pow2(head_dim)))
+    return max(1, min(pow2(heads), _MAX_BLOCK_ELEMS // pow2(head_dim)))
 
 
 def _grid(seq: int, heads: int, block_h: int):

@@ -3,32 +3,17 @@ GEMMs (templates/moe/fused_moe.py.j2)."""
 from __future__ import annotations
 
 import functools
-import os
 
 import torch
 
 from flashkit import jit
+from .._triton import dot_dtype, dtype_tag, pow2
 
 _ACTIVATION_EXPR = {
     "silu": "x * tl.sigmoid(x)",
     "gelu": "0.5 * x * (1.0 + tl.math.erf(x * 0.7071067811865476))",  # exact (erf) GELU
 }
 
-
-def _pow2(n: int) -> int:
-    return 1 << max(0, (n - 1).bit_length())
-
-
-def dtype_tag(dtype: torch.dtype) -> str:
-    return {torch.float16: "f16", torch.bfloat16: "bf16", torch.float32: "f32"}[dtype]
-
-
-def dot_dtype(dtype: torch.dtype) -> str:
-    """tl dtype of the dots' operands. Triton 3.9's interpreter computes bf16 tl.dot wrongly
-    (see ops/ssm/chunk_triton.py), so interpreted bf16 dots run in float32."""
-    if dtype == torch.bfloat16 and os.environ.get("TRITON_INTERPRET", "0") == "1":
-        return "tl.float32"
-    return {torch.float16: "tl.float16", torch.bfloat16: "tl.bfloat16"}.get(dtype, "tl.float32")
 
 
 @functools.lru_cache(maxsize=None)  # launchers call this per launch: render + hash once
@@ -38,8 +23,8 @@ def fused_topk_triton_spec(num_experts: int, topk: int, num_groups: int,
         f"fused_topk_e{num_experts}_k{topk}_g{num_groups}_tg{topk_group}", "triton",
         "moe/fused_topk.py.j2",
         {"num_experts": num_experts, "topk": topk, "num_groups": num_groups,
-         "topk_group": topk_group, "block_g": _pow2(num_groups),
-         "block_s": _pow2(num_experts // num_groups), "block_k": _pow2(topk)})
+         "topk_group": topk_group, "block_g": pow2(num_groups),
+         "block_s": pow2(num_experts // num_groups), "block_k": pow2(topk)})
 
 
 @functools.lru_cache(maxsize=None)
@@ -104,6 +89,6 @@ def fused_moe_triton(hidden, w1, w2, topk_weights, topk_ids, activation, config,
         w2.stride(2), slots.stride(0), slots.stride(1), topk_weights.stride(0),
         topk_weights.stride(1), **consts)
     if topk > 1:
-        block_h = min(1024, _pow2(hidden_size))
+        block_h = min(1024, pow2(hidden_size))
         mod._moe_sum_kernel[(tokens, -(-hidden_size // block_h))](
             slots, out, hidden_size, slots.stride(0), out.stride(0), TOPK=topk, BLOCK_H=block_h)

@@ -12,6 +12,7 @@ import torch
 from flashkit import jit
 
 from .reference import SCALE_EPS, channel_axis, limiter_slots
+from .._triton import pow2
 
 PARAM_DTYPES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
 SCALE_TYPES = ("channel", "tensor")
@@ -29,9 +30,6 @@ _MAX_BLOCK_N = 512
 # The partials vector has one entry per moments program: 172 for an 11008-wide matrix.
 _MAX_BLOCK_P = 256
 
-
-def _pow2(n: int) -> int:
-    return 1 << max(0, (n - 1).bit_length())
 
 
 @functools.lru_cache(maxsize=None)  # launchers call this per launch: render + hash once
@@ -68,10 +66,10 @@ def apollo_update_triton(param, grad, proj_grad, exp_avg, exp_avg_sq, limiter_no
     module._apollo_moments_kernel[(n_prog,)](
         proj_grad, exp_avg, exp_avg_sq, grad, s, part, rank, n_chan, k_dim, n_prog,
         proj_grad.stride(0), sk_g, sc_g, beta1, beta2, 1 / bc1, 1 / math.sqrt(bc2), eps,
-        BLOCK_R=min(_pow2(rank), _BLOCK_R), BLOCK_C=_BLOCK_C, BLOCK_K=_BLOCK_K,
+        BLOCK_R=min(pow2(rank), _BLOCK_R), BLOCK_C=_BLOCK_C, BLOCK_K=_BLOCK_K,
     )
-    block_n = min(_pow2(cols), _MAX_BLOCK_N)
-    block_m = max(1, min(_pow2(rows), _APPLY_ELEMS // block_n))
+    block_n = min(pow2(cols), _MAX_BLOCK_N)
+    block_m = max(1, min(pow2(rows), _APPLY_ELEMS // block_n))
     grid = (-(-rows // block_m) * -(-cols // block_n),)
     read, _ = limiter_slots(step)
     # The kernel reads gamma = 0 as "limiter off": inf times the first step's zero norm is NaN.
@@ -80,5 +78,5 @@ def apollo_update_triton(param, grad, proj_grad, exp_avg, exp_avg_sq, limiter_no
         param, grad, s, part, limiter_norm, n_prog, rows, cols, param.stride(0), grad.stride(0),
         read, lr, weight_decay, math.sqrt(scale), gamma,
         CHANNEL_AXIS=axis, BLOCK_M=block_m, BLOCK_N=block_n,
-        BLOCK_P=min(_pow2(n_prog), _MAX_BLOCK_P),
+        BLOCK_P=min(pow2(n_prog), _MAX_BLOCK_P),
     )

@@ -3,38 +3,23 @@ from __future__ import annotations
 
 import functools
 
-import os
-
 import torch
 
 from flashkit import jit
-
-
-def _pow2(n: int) -> int:
-    return 1 << max(0, (n - 1).bit_length())
+from .._triton import dot_dtype, dtype_tag, pow2
 
 
 # tl.dot needs every block dim >= 16.
 def _block_n(dstate: int) -> int:
-    return max(16, _pow2(dstate))
+    return max(16, pow2(dstate))
 
 
-def _block_p(headdim: int) -> int:
+def _block_p(headdim: int, dtype: torch.dtype) -> int:
     # 64 x dstate-128 float32 accumulators per program (64 registers a thread at 4 warps): the
-    # Mamba2-2.7B head (64) in one block.
-    return max(16, min(64, _pow2(headdim)))
-
-
-def dot_dtype(dtype: torch.dtype) -> str:
-    """tl dtype of the dots' operands. Triton 3.9's interpreter computes bf16 tl.dot wrongly
-    (max error 2.5e10 on a randn 16x16 product), so interpreted bf16 dots run in float32."""
-    if dtype == torch.bfloat16 and os.environ.get("TRITON_INTERPRET", "0") == "1":
-        return "tl.float32"
-    return {torch.float16: "tl.float16", torch.bfloat16: "tl.bfloat16"}.get(dtype, "tl.float32")
-
-
-def dtype_tag(dtype: torch.dtype) -> str:
-    return {torch.float16: "f16", torch.bfloat16: "bf16", torch.float32: "f32"}[dtype]
+    # Mamba2-2.7B head (64) in one block. float32 inputs take 32: their operand tiles are twice
+    # as large, and at 64 the sm_80/sm_90 builds spilled 0.6-12 KB a thread (cuobjdump STACK).
+    cap = 32 if dtype == torch.float32 else 64
+    return max(16, min(cap, pow2(headdim)))
 
 
 @functools.lru_cache(maxsize=None)  # launchers call this per launch: render + hash once
@@ -45,8 +30,10 @@ def chunk_ssd_triton_spec(headdim: int, dstate: int, chunk_size: int,
         f"chunk_ssd_{dname}_hd{headdim}_ds{dstate}_cs{chunk_size}", "triton",
         "ssm/chunk_ssd.py.j2",
         {"head_dim": headdim, "dstate": dstate, "chunk_size": chunk_size,
-         "block_p": _block_p(headdim), "block_n": _block_n(dstate),
-         "dot_precision": "ieee" if dtype == torch.float32 else "tf32",
+         "block_p": _block_p(headdim, dtype), "block_n": _block_n(dstate),
+         # float32: three tf32 products per dot (~fp32 accuracy on tensor cores); "ieee" fell
+         # back to FMA loops that spilled 9-17 KB a thread.
+         "dot_precision": "tf32x3" if dtype == torch.float32 else "tf32",
          "dot_dtype": dot_dtype(dtype)})
 
 
@@ -103,12 +90,12 @@ def chunk_ssd_scan_fwd(x, dt, A, B, C, chunk_size, D, z, dt_bias, dt_softplus, i
     bias32 = dt_bias.to(**f32).contiguous() if dt_bias is not None else A32
     dt_p = torch.empty(nchunks, nheads, chunk_size, **f32)
     dA_p = torch.empty(nchunks, nheads, chunk_size, **f32)
-    block_h = min(_pow2(nheads), max(1, 4096 // chunk_size))
+    block_h = min(pow2(nheads), max(1, 4096 // chunk_size))
     mod._ssd_chunk_cumsum_kernel[(nchunks, -(-nheads // block_h))](
         dt, A32, bias32, chunks, dt_p, dA_p, nheads, dt.stride(0), dt.stride(1),
         HAS_DT_BIAS=dt_bias is not None, DT_SOFTPLUS=bool(dt_softplus), BLOCK_H=block_h)
 
-    block_p = _block_p(headdim)
+    block_p = _block_p(headdim, x.dtype)
     n_pblocks = -(-headdim // block_p)
     block_l = min(64, chunk_size)
     states = torch.empty(nchunks, nheads, headdim, dstate, **f32)

@@ -6,10 +6,8 @@ import functools
 import torch
 
 from flashkit import jit
+from .._triton import pow2
 
-
-def _pow2(n: int) -> int:
-    return 1 << max(0, (n - 1).bit_length())
 
 
 @functools.lru_cache(maxsize=None)  # launchers call this per launch: render + hash once
@@ -35,7 +33,7 @@ def causal_conv1d_fwd_triton(x, weight, bias, activation, initial_states, spans,
     dim, width = weight.shape
     mod = jit.load(causal_conv1d_triton_spec(width))
     dev = x.device
-    block_d = min(_BLOCK_D, _pow2(dim))
+    block_d = min(_BLOCK_D, pow2(dim))
     tiles = [(b, s, t0, e - s, i) for i, (b, s, e) in enumerate(spans)
              for t0 in range(0, e - s, _BLOCK_T)]
     init = initial_states if initial_states is not None else x
@@ -47,13 +45,13 @@ def causal_conv1d_fwd_triton(x, weight, bias, activation, initial_states, spans,
             x.stride(0), x.stride(1), x.stride(2), weight.stride(0), *s_init,
             out.stride(0), out.stride(1), out.stride(2),
             HAS_BIAS=bias is not None, HAS_INITIAL=initial_states is not None,
-            SILU=activation == "silu", BLOCK_D=block_d, BLOCK_T=_BLOCK_T)
+            SILU=activation == "silu", BLOCK_D=block_d, BLOCK_T=_BLOCK_T, num_warps=8)
     if final_states is not None and spans and width > 1:
         seqs = torch.tensor([(b, s, e - s) for b, s, e in spans], dtype=torch.int32, device=dev)
         mod._causal_conv1d_final_state_kernel[(len(spans), -(-dim // block_d))](
             x, init, seqs, final_states, dim, x.stride(0), x.stride(1), x.stride(2), *s_init,
             HAS_INITIAL=initial_states is not None, BLOCK_D=block_d,
-            BLOCK_W=_pow2(max(1, width - 1)))
+            BLOCK_W=pow2(max(1, width - 1)))
 
 
 def causal_conv1d_update_triton(x, conv_state, weight, bias, activation, slots, out) -> None:
@@ -63,7 +61,7 @@ def causal_conv1d_update_triton(x, conv_state, weight, bias, activation, slots, 
         return
     width = weight.shape[1]
     state_len = conv_state.shape[2]
-    block_d = min(_BLOCK_D, _pow2(dim))
+    block_d = min(_BLOCK_D, pow2(dim))
     kernel = jit.load(causal_conv1d_triton_spec(width))._causal_conv1d_update_kernel
     kernel[(batch, -(-dim // block_d))](
         x, conv_state, weight, bias if bias is not None else weight,
@@ -71,4 +69,4 @@ def causal_conv1d_update_triton(x, conv_state, weight, bias, activation, slots, 
         x.stride(0), x.stride(1), x.stride(2), conv_state.stride(0), conv_state.stride(1),
         weight.stride(0), out.stride(0), out.stride(1), out.stride(2),
         HAS_BIAS=bias is not None, HAS_SLOTS=slots is not None, SILU=activation == "silu",
-        BLOCK_D=block_d, BLOCK_T=_pow2(seqlen), BLOCK_S=_pow2(state_len))
+        BLOCK_D=block_d, BLOCK_T=pow2(seqlen), BLOCK_S=pow2(state_len))

@@ -307,3 +307,19 @@ def test_fp8_bad_inputs():
         w.run(q, cache8, v_scale="1")
     with pytest.raises(ValueError, match="v must have k's dtype"):
         A.single_decode_with_kv_cache(q[0], cache8[:, 0, 0], true[:, 1, 0])
+
+
+def test_fp8_refused_before_sm89(monkeypatch):
+    """Triton cannot convert e4m3 on sm_80/86 (tests/jit/test_triton_targets.py sees the sm_80
+    build fail): the decode ops refuse such GPUs before planning anything."""
+    from flashkit.ops.attention.decode import check_fp8_device
+
+    cuda = torch.device("cuda", 0)
+    for cap, ok in (((8, 0), False), ((8, 6), False), ((8, 9), True), ((9, 0), True)):
+        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda d=None, c=cap: c)
+        if ok:
+            check_fp8_device(FP8, cuda)
+        else:
+            with pytest.raises(ValueError, match=f"compute capability 8.9 or newer .*sm_{cap[0]}{cap[1]}"):
+                check_fp8_device(FP8, cuda)
+        check_fp8_device(torch.float16, cuda)  # 16-bit caches run everywhere
