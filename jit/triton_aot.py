@@ -92,7 +92,8 @@ def compile_launches(launches: list[Launch], archs=("sm_80", "sm_90"),
     """Compile every launch for every arch in a fresh interpreter-free Python; one result dict
     per (launch, arch) with keys kernel, module, arch, ok, error, seconds, and on success
     shared (bytes), registers, stack, local (bytes per thread), num_warps, num_stages,
-    wgmma, mma_sync."""
+    wgmma, mma_sync, and wide_loads: the 16-byte global loads in the PTX (``ld.global.v4`` and
+    16-byte ``cp.async``; a bandwidth-bound kernel needs them)."""
     payload = json.dumps({"archs": list(archs), "launches": [dataclasses.asdict(x)
                                                              for x in launches]})
     env = dict(os.environ)
@@ -119,6 +120,8 @@ def _materialize(value):
     return value
 
 
+_WIDE_LOAD_RE = re.compile(r"ld\.global(?:\.[a-z]+)*\.v4\.(?:b32|f32|u32)|"
+                           r"cp\.async\.cg\.shared\.global \[[^\]]*\], \[[^\]]*\], 0x10")
 _RESOURCE_RE = re.compile(r"REG:(\d+) STACK:(\d+) SHARED:(\d+) LOCAL:(\d+)")
 
 
@@ -180,7 +183,8 @@ def _compile_one(launch: dict, arch: str, modules: dict, tmp: Path) -> dict:
     return {**result, "ok": True, "error": "", "seconds": round(time.perf_counter() - start, 2),
             "shared": int(compiled.metadata.shared), "num_warps": compiled.metadata.num_warps,
             "num_stages": compiled.metadata.num_stages, "wgmma": "wgmma.mma_async" in ptx,
-            "mma_sync": "mma.sync" in ptx, **_resource_usage(compiled.asm["cubin"], tmp)}
+            "mma_sync": "mma.sync" in ptx, "wide_loads": len(_WIDE_LOAD_RE.findall(ptx)),
+            **_resource_usage(compiled.asm["cubin"], tmp)}
 
 
 def _main() -> None:

@@ -21,6 +21,11 @@ TENSOR_CORE = {
     "optim": [],
 }
 
+# Bandwidth-bound kernels whose every build must move memory in 16-byte vectors (K/V tiles as
+# 16-byte cp.async on both archs: read from the PTX).
+WIDE_LOADS = ("_attention_fwd_kernel", "_merge_varlen_kernel", "_fused_moe_gemm1_kernel",
+              "_fused_moe_gemm2_kernel")
+
 # Known to spill, (uri prefix, kernel, arch): the float32 SSD scan (tf32x3 dots on 32-row
 # tiles; up to ~11 KB a thread on sm_80; float32 is the exactness path, bf16/fp16 the fast
 # one), and the 16-bit chunk scan on sm_80 (48 B at 255 registers; 8 warps would cost sm_90
@@ -57,6 +62,8 @@ def test_triton_kernels_build_for_gpus(family):
         if "stack" in r and not _may_spill(r):
             assert r["stack"] == 0 and r["local"] == 0, (
                 f"{where}: spills ({r['registers']} registers, {r['stack']} B stack)")
+        if r["kernel"] in WIDE_LOADS:
+            assert r["wide_loads"] > 0, f"{where}: no 16-byte global loads"
     for kernel in TENSOR_CORE[family]:
         mine = [r for r in built if r["kernel"] == kernel]
         assert any(r["wgmma"] for r in mine if r["arch"] == "sm_90"), f"{kernel}: no wgmma"
