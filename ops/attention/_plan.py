@@ -73,6 +73,27 @@ def check_heads(num_qo_heads, num_kv_heads):
                          f"({num_qo_heads})")
 
 
+def check_single_kv(q: torch.Tensor, k, v, kv_layout: str, kv_dtypes=()) -> tuple[int, int]:
+    """A single request's k/v against q ([..., num_qo_heads, head_dim]): 3-D, q's dtype (or one
+    of ``kv_dtypes``, the same for both), equal shapes, q's head_dim, num_kv_heads dividing
+    num_qo_heads. Returns (kv_len, num_kv_heads)."""
+    heads, dim = q.shape[-2], q.shape[-1]
+    for name, t in (("k", k), ("v", v)):
+        check_tensor(name, t, dtypes=(q.dtype,) + tuple(kv_dtypes), ndim=3, device=q.device,
+                     last_dim_contiguous=True)
+    if v.dtype != k.dtype:
+        raise ValueError(f"v must have k's dtype {k.dtype}, got {v.dtype}")
+    if v.shape != k.shape:
+        raise ValueError(f"v must have k's shape {tuple(k.shape)}, got {tuple(v.shape)}")
+    kv_len, num_kv_heads = k.shape[:2] if kv_layout == "NHD" else (k.shape[1], k.shape[0])
+    if k.shape[2] != dim:
+        raise ValueError(f"k must have head_dim {dim} (q's), got {k.shape[2]}")
+    if heads % num_kv_heads:
+        raise ValueError(f"k's num_kv_heads ({num_kv_heads}) must divide q's num_qo_heads "
+                         f"({heads})")
+    return kv_len, num_kv_heads
+
+
 def kv_views(k: torch.Tensor, v: torch.Tensor, kv_layout: str):
     """Single-request k/v ([kv_len, H, D] NHD or [H, kv_len, D] HND) as 4-D
     [1, kv_len, H, D] views (one page holding every token), the kernels' paged form."""

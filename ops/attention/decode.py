@@ -17,7 +17,8 @@ from .._validate import check_tensor
 from ..scheduler import plan_split_kv
 from ._plan import (DECODE_KV_DTYPES, FP8_KV_DTYPES, INDEX_DTYPES, KV_DTYPES, AttentionPlan,
                     attn_backend, check_heads, check_int, check_layout, check_page_table,
-                    check_scalars, int32, items_tensor, kv_views, launch, unpack_paged_cache)
+                    check_scalars, check_single_kv, int32, items_tensor, kv_views, launch,
+                    unpack_paged_cache)
 from .decode_cuda import SUPPORTED_HEAD_DIMS as CUDA_HEAD_DIMS
 from .decode_cuda import check_cuda_decode
 from .variants import AttentionVariant
@@ -173,18 +174,7 @@ def single_decode_with_kv_cache(q: torch.Tensor, k: torch.Tensor, v: torch.Tenso
     check_layout(kv_layout)
     check_tensor("q", q, dtypes=KV_DTYPES, ndim=2, last_dim_contiguous=True)
     heads, dim = q.shape
-    for name, t in (("k", k), ("v", v)):
-        check_tensor(name, t, dtypes=(q.dtype,) + FP8_KV_DTYPES, ndim=3, device=q.device,
-                     last_dim_contiguous=True)
-    if v.dtype != k.dtype:
-        raise ValueError(f"v must have k's dtype {k.dtype}, got {v.dtype}")
-    if v.shape != k.shape:
-        raise ValueError(f"v must have k's shape {tuple(k.shape)}, got {tuple(v.shape)}")
-    kv_len, num_kv_heads = (k.shape[0], k.shape[1]) if kv_layout == "NHD" else (k.shape[1], k.shape[0])
-    if k.shape[2] != dim:
-        raise ValueError(f"k must have head_dim {dim} (q's), got {k.shape[2]}")
-    if heads % num_kv_heads:
-        raise ValueError(f"k's num_kv_heads ({num_kv_heads}) must divide q's num_qo_heads ({heads})")
+    kv_len, num_kv_heads = check_single_kv(q, k, v, kv_layout, FP8_KV_DTYPES)
     window_left, soft_cap, sm_scale = check_scalars(window_left, logits_soft_cap, sm_scale, dim)
     k_scale, v_scale = check_kv_scales(k_scale, v_scale)
     backend = attn_backend(backend, q.device, decode=True)

@@ -12,8 +12,8 @@ import torch
 
 from .._validate import check_tensor
 from ._plan import (KV_DTYPES, AttentionPlan, attn_backend, check_heads, check_indptr, check_int,
-                    check_layout, check_page_table, check_scalars, int32, items_tensor, kv_views,
-                    launch)
+                    check_layout, check_page_table, check_scalars, check_single_kv, int32,
+                    items_tensor, kv_views, launch)
 from .attention_triton import block_sizes
 from .decode import as_dtype, check_outputs, check_run_inputs
 from .variants import AttentionVariant
@@ -76,15 +76,7 @@ def single_prefill_with_kv_cache(q: torch.Tensor, k: torch.Tensor, v: torch.Tens
     check_layout(kv_layout)
     check_tensor("q", q, dtypes=KV_DTYPES, ndim=3, last_dim_contiguous=True)
     qo_len, heads, dim = q.shape
-    for name, t in (("k", k), ("v", v)):
-        check_tensor(name, t, dtypes=(q.dtype,), ndim=3, device=q.device, last_dim_contiguous=True)
-    if v.shape != k.shape:
-        raise ValueError(f"v must have k's shape {tuple(k.shape)}, got {tuple(v.shape)}")
-    kv_len, num_kv_heads = (k.shape[0], k.shape[1]) if kv_layout == "NHD" else (k.shape[1], k.shape[0])
-    if k.shape[2] != dim:
-        raise ValueError(f"k must have head_dim {dim} (q's), got {k.shape[2]}")
-    if heads % num_kv_heads:
-        raise ValueError(f"k's num_kv_heads ({num_kv_heads}) must divide q's num_qo_heads ({heads})")
+    kv_len, num_kv_heads = check_single_kv(q, k, v, kv_layout)
     if custom_mask is not None:
         check_tensor("custom_mask", custom_mask, dtypes=(torch.bool,), shape=(qo_len, kv_len),
                      device=q.device)
