@@ -9,7 +9,7 @@ PYTEST_ARGS ?= -n 2
 PY         := $(VENV)/bin/python
 STAMP      := $(VENV)/.flashkit-installed
 
-.PHONY: demo test bench bench-apollo venv clean
+.PHONY: demo test bench bench-apollo gpu-check venv clean
 
 $(STAMP): setup.py pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +40,18 @@ $(BASELINE_VENV)/.installed: setup.py pyproject.toml
 
 bench-apollo: $(BASELINE_VENV)/.installed
 	$(BASELINE_VENV)/bin/python -m flashkit bench apollo
+
+# On a GPU machine whose python already has a CUDA torch, triton and the other dependencies (no
+# package index needed): install flashkit in place, run the GPU tests (failures are reported,
+# the benchmarks still run), then the benchmarks of BENCH_OPS (all by default). Results: JSON
+# under bench/results/, plus the test report and the run's JSON in GPU_OUT.
+GPU_OUT  ?= build/gpu-check
+BENCH_OPS ?=
+gpu-check:
+	$(PYTHON) -m pip install --quiet --no-deps --no-build-isolation -e .
+	mkdir -p $(GPU_OUT)
+	-$(PYTHON) -m pytest -m gpu -q --junitxml=$(GPU_OUT)/gpu-tests.xml
+	$(PYTHON) -m flashkit bench $(BENCH_OPS) --json $(GPU_OUT)/bench.json
 
 clean:
 	rm -rf $(VENV) $(BASELINE_VENV) .pytest_cache build *.egg-info
