@@ -92,7 +92,7 @@ def add_parser(subparsers) -> None:
     tr.set_defaults(fn=_cmd_trace)
 
 
-if __name__ == "__main__":  # python -m flashkit.cache.cli ... until the lead wires it in
+if __name__ == "__main__":  # python -m flashkit.cache.cli (also `flashkit cache-sim`)
     p = argparse.ArgumentParser(prog="flashkit")
     add_parser(p.add_subparsers(dest="command", required=True))
     a = p.parse_args()
