@@ -139,3 +139,18 @@ def test_max_abs_error():
     assert math.isnan(run.max_abs_error(torch.tensor([float("nan")]), torch.tensor([0.0])))
     with pytest.raises(ValueError, match="shape"):
         run.max_abs_error(torch.zeros(2), torch.zeros(3))
+
+
+def test_jit_cold_nvrtc(tmp_path, capsys):
+    """Cold JIT timing: two fresh processes, the first compiles into an empty cache, the second
+    hits it (warm must be far below cold: it only reads the manifest)."""
+    from flashkit.bench import jit_cold
+
+    out = tmp_path / "cold.json"
+    assert jit_cold.main(["--repeats", "1", "--only", "nvrtc", "--no-save", "--json",
+                          str(out)]) == 0
+    rec = json.loads(out.read_text())
+    assert rec["kind"] == "jit_cold" and rec["git"] and rec["versions"]["torch"]
+    (row,) = rec["rows"]
+    assert row["backend"] == "nvrtc" and 0 < row["warm_s"] < row["cold_s"]
+    assert "nvrtc" in capsys.readouterr().out
