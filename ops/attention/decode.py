@@ -14,13 +14,13 @@ import numpy as np
 import torch
 
 from .._validate import check_tensor
-from ..scheduler import plan_split_kv
 from ._plan import (DECODE_KV_DTYPES, FP8_KV_DTYPES, INDEX_DTYPES, KV_DTYPES, AttentionPlan,
                     attn_backend, check_heads, check_int, check_layout, check_page_table,
-                    check_scalars, check_single_kv, int32, items_tensor, kv_views, launch,
+                    check_scalars, check_single_kv, int32, kv_views, launch,
                     unpack_paged_cache)
 from .decode_cuda import SUPPORTED_HEAD_DIMS as CUDA_HEAD_DIMS
 from .decode_cuda import check_cuda_decode
+from .split_kv import GraphBuffers, default_workers, split_kv_plan
 from .variants import AttentionVariant
 
 __all__ = ["single_decode_with_kv_cache", "BatchDecodeWithPagedKVCacheWrapper"]
@@ -49,69 +49,6 @@ def check_kv_scales(k_scale, v_scale) -> tuple[float, float]:
             raise ValueError(f"{name} must be None or a finite float, got {x!r}")
         out.append(float(x))
     return out[0], out[1]
-
-
-def default_workers(device: torch.device, num_kv_heads: int) -> int:
-    """Work items to balance over: two resident programs per SM, shared by the KV heads (each
-    item is launched once per KV head). On the CPU (interpreter, tests) a fixed 8."""
-    if device.type != "cuda":
-        return 8
-    sms = torch.cuda.get_device_properties(device).multi_processor_count
-    return max(1, 2 * sms // num_kv_heads)
-
-
-def split_kv_items(kv_lens: np.ndarray, workers: int, page_size: int, min_chunk_tokens: int,
-                   max_items: int | None = None) -> tuple[list[np.ndarray], np.ndarray, int]:
-    """Decode work items on the host: (the 6 columns of the items table, launched longest
-    first; merge_indptr int32 [batch + 1]; n_items). With ``max_items`` (a CUDA-graph plan's
-    fixed capacity, at least the batch size), chunks are lengthened (min_chunk_tokens doubled)
-    until the plan fits: at worst one item per non-empty request."""
-    while True:
-        sp = plan_split_kv(kv_lens, workers, page_size=page_size, min_chunk_tokens=min_chunk_tokens)
-        if max_items is None or sp.num_items <= max_items:
-            break
-        min_chunk_tokens *= 2
-    order = sp.worker_items.numpy().astype(np.int64)  # LPT order: cost descending
-    n = sp.num_items
-    cols = [sp.request.numpy()[order], np.zeros(n), np.ones(n), sp.kv_start.numpy()[order],
-            sp.kv_end.numpy()[order], order]
-    return cols, sp.merge_indptr.numpy(), n
-
-
-def split_kv_plan(kv_lens: np.ndarray, device, num_kv_heads, page_size, num_workers,
-                  min_chunk_tokens) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """Decode work items (on ``device``): one per KV chunk, launched longest first."""
-    workers = num_workers or default_workers(torch.device(device), num_kv_heads)
-    cols, merge_indptr, n = split_kv_items(kv_lens, workers, page_size, min_chunk_tokens)
-    return items_tensor(cols, device), int32(merge_indptr, device), n
-
-
-class _GraphBuffers:
-    """The fixed device buffers of a use_cuda_graph=True wrapper. The page-table buffers are the
-    user's (FlashInfer's contract); the work-item table, its device-side count, merge_indptr,
-    qo_indptr and kv_lens are allocated at the first plan(), sized for ``max_batch`` requests
-    and ``max_items = max_batch + 2 * num_workers`` work items (num_workers of that first
-    plan), and every later plan() copies into them in place."""
-
-    def __init__(self, indptr, indices, last_page_len):
-        self.indptr, self.indices, self.last_page_len = indptr, indices, last_page_len
-        self.max_batch = last_page_len.numel()
-        self.max_items = 0
-        self.items = self.num_items = self.merge_indptr = self.qo_indptr = self.kv_lens = None
-
-    def allocate(self, workers: int, device) -> None:
-        self.max_items = self.max_batch + 2 * workers
-        i32 = dict(dtype=torch.int32, device=device)
-        self.items = torch.zeros((6, self.max_items), **i32)
-        self.num_items = torch.zeros(1, **i32)
-        self.merge_indptr = torch.zeros(self.max_batch + 1, **i32)
-        self.qo_indptr = torch.arange(self.max_batch + 1, **i32)
-        self.kv_lens = torch.zeros(self.max_batch, **i32)
-
-    def tensors(self) -> dict[str, torch.Tensor]:
-        return {name: getattr(self, name) for name in (
-            "indptr", "indices", "last_page_len", "items", "num_items", "merge_indptr",
-            "qo_indptr", "kv_lens")}
 
 
 def check_fp8_device(kv_dtype, device: torch.device) -> None:
@@ -244,7 +181,7 @@ class BatchDecodeWithPagedKVCacheWrapper:
         self._kv_layout = kv_layout
         self._backend = attn_backend(backend, float_workspace_buffer.device, decode=True)
         self._plan: AttentionPlan | None = None
-        self._graph: _GraphBuffers | None = None
+        self._graph: GraphBuffers | None = None
         bufs = (("paged_kv_indptr_buffer", paged_kv_indptr_buffer),
                 ("paged_kv_indices_buffer", paged_kv_indices_buffer),
                 ("paged_kv_last_page_len_buffer", paged_kv_last_page_len_buffer))
@@ -265,7 +202,7 @@ class BatchDecodeWithPagedKVCacheWrapper:
             raise ValueError(f"paged_kv_indptr_buffer must have max_batch + 1 = {max_batch + 1} "
                              f"entries (max_batch from paged_kv_last_page_len_buffer), got "
                              f"{paged_kv_indptr_buffer.numel()}")
-        self._graph = _GraphBuffers(paged_kv_indptr_buffer, paged_kv_indices_buffer,
+        self._graph = GraphBuffers(paged_kv_indptr_buffer, paged_kv_indices_buffer,
                                     paged_kv_last_page_len_buffer)
 
     @property
@@ -348,34 +285,11 @@ class BatchDecodeWithPagedKVCacheWrapper:
                     num_workers, min_chunk_tokens, non_blocking, common) -> AttentionPlan:
         """A use_cuda_graph plan: every device tensor it names is one of the fixed buffers
         (or a view at its start), refilled in place."""
-        g, dev = self._graph, self.device
+        g = self._graph
+        workers = num_workers or default_workers(self.device, num_kv_heads)
+        n = g.fill(kv_lens, indptr, indices, last_page_len, workers, page_size, min_chunk_tokens,
+                   non_blocking)
         batch = kv_lens.size
-        if batch > g.max_batch:
-            raise ValueError(f"use_cuda_graph=True: batch size {batch} exceeds max_batch = "
-                             f"{g.max_batch} (the length of paged_kv_last_page_len_buffer)")
-        n_pages = int(indptr[-1].item())
-        if n_pages > g.indices.numel():
-            raise ValueError(f"use_cuda_graph=True: the page table has {n_pages} pages but "
-                             f"paged_kv_indices_buffer holds {g.indices.numel()}")
-        workers = num_workers or default_workers(dev, num_kv_heads)
-        if g.items is None:
-            g.allocate(workers, dev)
-        cols, merge_indptr, n = split_kv_items(kv_lens, workers, page_size, min_chunk_tokens,
-                                               max_items=g.max_items)
-        host = np.zeros((6, g.max_items), np.int32)
-        for r, c in enumerate(cols):
-            host[r, :n] = c
-        pad = g.max_batch - batch  # requests past the batch: empty, merged to o = 0
-        copies = [
-            (g.items, host), (g.num_items, np.array([n])),
-            (g.merge_indptr, np.concatenate([merge_indptr, np.full(pad, n)])),
-            (g.kv_lens, np.concatenate([kv_lens, np.zeros(pad)])),
-            (g.indptr[:batch + 1], indptr), (g.indices[:n_pages], indices[:n_pages]),
-            (g.last_page_len[:batch], last_page_len)]
-        for dst, src in copies:
-            if isinstance(src, np.ndarray):
-                src = torch.from_numpy(src.astype(np.int32))
-            dst.copy_(src, non_blocking=non_blocking)
         return AttentionPlan(
             **common, n_items=n, items=g.items, qo_indptr=g.qo_indptr[:batch + 1],
             kv_indptr=g.indptr[:batch + 1], kv_indices=g.indices, kv_lens=g.kv_lens[:batch],
