@@ -38,8 +38,11 @@ class MultiLevelCascadeAttentionWrapper:
                  backend: str = "auto"):
         self._num_levels = check_int("num_levels", num_levels, 1)
         check_tensor("float_workspace_buffer", float_workspace_buffer)
+        if use_cuda_graph:  # the levels would need FlashInfer's per-level buffers (not taken)
+            raise ValueError("use_cuda_graph=True is not supported for the cascade wrapper yet; "
+                             "pass use_cuda_graph=False")
         self._levels = [BatchPrefillWithPagedKVCacheWrapper(float_workspace_buffer, kv_layout,
-                                                            use_cuda_graph, backend=backend)
+                                                            backend=backend)
                         for _ in range(num_levels)]
         self._backend = backend
         self._planned = False

@@ -14,13 +14,13 @@ import numpy as np
 import torch
 
 from .._validate import check_tensor
-from ._plan import (DECODE_KV_DTYPES, FP8_KV_DTYPES, INDEX_DTYPES, KV_DTYPES, AttentionPlan,
+from ._plan import (DECODE_KV_DTYPES, FP8_KV_DTYPES, KV_DTYPES, AttentionPlan,
                     attn_backend, check_heads, check_int, check_layout, check_page_table,
                     check_scalars, check_single_kv, int32, kv_views, launch,
                     unpack_paged_cache)
 from .decode_cuda import SUPPORTED_HEAD_DIMS as CUDA_HEAD_DIMS
 from .decode_cuda import check_cuda_decode
-from .split_kv import GraphBuffers, default_workers, split_kv_plan
+from .split_kv import GraphBuffers, check_graph_buffer, default_workers, split_kv_plan
 from .variants import AttentionVariant
 
 __all__ = ["single_decode_with_kv_cache", "BatchDecodeWithPagedKVCacheWrapper"]
@@ -191,12 +191,7 @@ class BatchDecodeWithPagedKVCacheWrapper:
             raise ValueError("use_cuda_graph=True needs backend 'triton' or 'auto': the CUDA "
                              "decode kernel has no fixed-grid launch yet")
         for name, buf in bufs:
-            if not isinstance(buf, torch.Tensor):
-                raise ValueError(f"use_cuda_graph=True needs {name} (an int32 device tensor "
-                                 f"that plan() copies the page table into)")
-            check_tensor(name, buf, dtypes=INDEX_DTYPES, ndim=1, device=self.device)
-            if not buf.is_contiguous():
-                raise ValueError(f"{name} must be contiguous")
+            check_graph_buffer(name, buf, self.device)
         max_batch = paged_kv_last_page_len_buffer.numel()
         if paged_kv_indptr_buffer.numel() != max_batch + 1:
             raise ValueError(f"paged_kv_indptr_buffer must have max_batch + 1 = {max_batch + 1} "

@@ -4,6 +4,7 @@ BatchPrefillWithPagedKVCacheWrapper and BatchPrefillWithRaggedKVCacheWrapper (Fl
 A work item is one tile of a request's query tokens (BLOCK_M rows of (token, q head) pairs)
 over the request's whole KV, written straight to the output; causal tiles stop at their last
 query. plan() cuts the tiles on the host; run() checks shapes and launches, with no sync.
+use_cuda_graph=True plans into fixed buffers (PrefillGraphBuffers) for a fixed launch grid.
 """
 from __future__ import annotations
 
@@ -16,15 +17,21 @@ from ._plan import (KV_DTYPES, AttentionPlan, attn_backend, check_heads, check_i
                     items_tensor, kv_views, launch)
 from .attention_triton import block_sizes
 from .decode import as_dtype, check_outputs, check_run_inputs
+from .split_kv import check_graph_buffer, check_graph_fits, copy_into
 from .variants import AttentionVariant
 
 __all__ = ["single_prefill_with_kv_cache", "BatchPrefillWithPagedKVCacheWrapper",
            "BatchPrefillWithRaggedKVCacheWrapper"]
 
 
-def prefill_items(qo_ptr: np.ndarray, kv_lens: np.ndarray, group: int, head_dim: int, device):
-    """One item per tile of BLOCK_M // group query tokens; longest KV first (LPT-like order)."""
-    tile = block_sizes(group, head_dim, decode=False)[0] // group
+def prefill_tile(group: int, head_dim: int) -> int:
+    """Query tokens per work item: BLOCK_M rows of (token, q head of the group) pairs."""
+    return block_sizes(group, head_dim, decode=False)[0] // group
+
+
+def prefill_item_cols(qo_ptr: np.ndarray, kv_lens: np.ndarray, tile: int):
+    """The 6 columns of the item table, one item per tile of a request's query tokens, longest
+    KV first (LPT-like order); and the item count."""
     qo_lens = np.diff(qo_ptr)
     n_tiles = -(-qo_lens // tile)
     req = np.repeat(np.arange(qo_lens.size), n_tiles)
@@ -35,11 +42,17 @@ def prefill_items(qo_ptr: np.ndarray, kv_lens: np.ndarray, group: int, head_dim:
     order = np.argsort(-kv_end, kind="stable")
     cols = [c[order] for c in (req, q_start, q_end, np.zeros_like(req), kv_end,
                                qo_ptr[req] + q_start)]
-    return items_tensor(cols, device), int(req.size)
+    return cols, int(req.size)
+
+
+def prefill_items(qo_ptr: np.ndarray, kv_lens: np.ndarray, group: int, head_dim: int, device):
+    cols, n = prefill_item_cols(qo_ptr, kv_lens, prefill_tile(group, head_dim))
+    return items_tensor(cols, device), n
 
 
 def check_mask(custom_mask, qo_ptr, kv_lens, device):
-    """custom_mask: bool, flattened per request ([qo_len_i, kv_len_i] row-major, concatenated)."""
+    """custom_mask: bool, flattened per request ([qo_len_i, kv_len_i] row-major, concatenated).
+    Returns (the mask as flat uint8, its per-request offsets int64 [batch + 1]) or Nones."""
     if custom_mask is None:
         return None, None
     sizes = np.diff(qo_ptr) * kv_lens
@@ -47,8 +60,7 @@ def check_mask(custom_mask, qo_ptr, kv_lens, device):
     if custom_mask.numel() != int(sizes.sum()):
         raise ValueError(f"custom_mask must hold sum(qo_len * kv_len) = {int(sizes.sum())} "
                          f"booleans, got {custom_mask.numel()}")
-    mask = custom_mask.reshape(-1).contiguous().view(torch.uint8)
-    return mask, int32(np.concatenate([[0], np.cumsum(sizes)[:-1]]) if sizes.size else [0], device)
+    return custom_mask.reshape(-1).contiguous().view(torch.uint8), np.cumsum([0, *sizes])
 
 
 def single_prefill_with_kv_cache(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
@@ -85,7 +97,7 @@ def single_prefill_with_kv_cache(q: torch.Tensor, k: torch.Tensor, v: torch.Tens
     qo_ptr = np.array([0, qo_len], np.int64)
     lens = np.array([kv_len], np.int64)
     items, n = prefill_items(qo_ptr, lens, heads // num_kv_heads, dim, q.device)
-    mask, mask_indptr = check_mask(custom_mask, qo_ptr, lens, q.device)
+    mask, mask_ptr = check_mask(custom_mask, qo_ptr, lens, q.device)
     plan = AttentionPlan(
         decode=False, paged=False, batch=1, nnz_qo=qo_len, num_qo_heads=heads,
         num_kv_heads=num_kv_heads, head_dim=dim, page_size=1, causal=bool(causal),
@@ -93,8 +105,8 @@ def single_prefill_with_kv_cache(q: torch.Tensor, k: torch.Tensor, v: torch.Tens
         kv_dtype=k.dtype, n_items=n, max_page=kv_len - 1, items=items,
         qo_indptr=int32(qo_ptr, q.device), kv_indptr=int32([0, 0], q.device),
         kv_indices=int32([0], q.device), kv_lens=int32(lens, q.device),
-        merge_indptr=int32([0, 0], q.device), mask=mask, mask_indptr=mask_indptr,
-        variant=variant)
+        merge_indptr=int32([0, 0], q.device), mask=mask,
+        mask_indptr=None if mask is None else int32(mask_ptr, q.device), variant=variant)
     out = torch.empty((qo_len, heads, dim), dtype=q.dtype, device=q.device)
     lse = torch.empty((qo_len, heads), dtype=torch.float32, device=q.device)
     k4, v4 = kv_views(k, v, kv_layout)
@@ -103,18 +115,129 @@ def single_prefill_with_kv_cache(q: torch.Tensor, k: torch.Tensor, v: torch.Tens
     return (out, lse) if return_lse else out
 
 
+class PrefillGraphBuffers:
+    """The fixed device buffers of a use_cuda_graph=True prefill wrapper. The index buffers are
+    the user's (FlashInfer's contract); kv_lens and the work-item table are flashkit's. The
+    first plan() fixes the capacity, as FlashInfer's: ``max_tokens`` = its qo_indptr[-1], and
+    its GQA group (hence ``tile``, the query tokens per item). The item table has
+    ceil(max_tokens / tile) + max_batch slots: any plan's tiles plus the padding items (no keys,
+    so o = 0, lse = -inf) over rows [nnz, max_tokens) number fewer than (max_tokens + (batch +
+    1) x (tile - 1)) / tile, each of the batch + 1 groups wasting under one tile. run() clamps
+    the padding items' q_end to q's row count."""
+
+    def __init__(self, bufs: dict[str, torch.Tensor], batch_buf: str, mask=None,
+                 mask_indptr=None):
+        # bufs: qo_indptr, the KV indptr, then (paged) indices and last_page_len, by the
+        # constructor's argument names (kept for errors)
+        qo_indptr, self.indptr, *paged = bufs.values()
+        self.qo_indptr = qo_indptr
+        indices, self.last_page_len = paged or (None, None)  # last_page_len None: ragged KV
+        self.batch_buf = batch_buf + " minus 1" * batch_buf.endswith("indptr_buf")
+        self.indices_buf = list(bufs)[2] if paged else ""
+        self.mask = None if mask is None else mask.view(torch.uint8)
+        self.mask_indptr = mask_indptr
+        self.max_batch = qo_indptr.numel() - 1
+        i32 = dict(dtype=torch.int32, device=qo_indptr.device)
+        self.indices = indices if indices is not None else torch.zeros(1, **i32)
+        self.kv_lens = torch.zeros(max(self.max_batch, 1), **i32)
+        self.num_items = torch.zeros(1, **i32)
+        self.merge_indptr = torch.zeros(1, **i32)  # unused: prefill items write o directly
+        self.max_tokens = self.group = None
+        self.max_items = 0
+        self.items = self.q_end = None
+
+    def fill(self, qo_ptr: np.ndarray, kv_lens: np.ndarray, group: int, tile: int, kv_table,
+             mask, mask_ptr, non_blocking: bool) -> int:
+        """Check a plan against the capacity, then copy it in (allocating the item table at the
+        first call). ``kv_table``: (indptr, indices, last_page_len) tensors (paged) or the
+        kv_indptr array (ragged). Returns the item count: the plan's tiles, then padding."""
+        batch, nnz = kv_lens.size, int(qo_ptr[-1])
+        paged = self.last_page_len is not None
+        n_pages = int(kv_table[0][-1].item()) if paged else None
+        check_graph_fits(batch, self.max_batch, self.batch_buf, n_pages, self.indices,
+                         self.indices_buf)
+        copies = [(self.qo_indptr[:batch + 1], qo_ptr), (self.kv_lens[:batch], kv_lens)]
+        if paged:
+            indptr, indices, last = kv_table
+            copies += [(self.indptr[:batch + 1], indptr), (self.indices[:n_pages],
+                       indices[:n_pages]), (self.last_page_len[:batch], last)]
+        else:
+            copies.append((self.indptr[:batch + 1], kv_table))
+        if mask is not None:
+            if self.mask is None:
+                raise ValueError("use_cuda_graph=True: a custom_mask plan needs custom_mask_buf "
+                                 "and mask_indptr_buf (given to the constructor)")
+            if mask.numel() > self.mask.numel():
+                raise ValueError(f"use_cuda_graph=True: custom_mask has {mask.numel()} elements "
+                                 f"but custom_mask_buf holds {self.mask.numel()}")
+            copies += [(self.mask[:mask.numel()], mask), (self.mask_indptr[:batch + 1], mask_ptr)]
+        if self.items is None:
+            self.max_tokens, self.group = nnz, group
+            self.max_items = max(1, -(-nnz // tile) + self.max_batch)
+            self.items = torch.zeros((6, self.max_items), dtype=torch.int32,
+                                     device=self.qo_indptr.device)
+            self.q_end = torch.zeros_like(self.items[2])
+        if group != self.group:
+            raise ValueError(f"use_cuda_graph=True: num_qo_heads // num_kv_heads must stay "
+                             f"{self.group} (the first plan's; it fixes the tiles), got {group}")
+        if nnz > self.max_tokens:
+            raise ValueError(f"use_cuda_graph=True: qo_indptr[-1] = {nnz} query tokens exceed "
+                             f"the capacity of {self.max_tokens} fixed by the first plan() "
+                             f"(plan the largest batch first)")
+        cols, n = prefill_item_cols(qo_ptr, kv_lens, tile)
+        # Padding items: request 0 (qo_indptr[0] = 0, so q_start is a row of q), no keys.
+        pad = nnz + tile * np.arange(-(-(self.max_tokens - nnz) // tile))
+        host = np.zeros((6, self.max_items), np.int64)
+        for r, c in enumerate(cols):
+            host[r, :n] = c
+        host[1, n:n + pad.size] = host[5, n:n + pad.size] = pad
+        host[2, n:n + pad.size] = np.minimum(pad + tile, self.max_tokens)
+        copies += [(self.items, host), (self.q_end, host[2]),
+                   (self.num_items, np.array([n + pad.size]))]
+        copy_into(copies, non_blocking)
+        return n + pad.size
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        return {k: v for k, v in vars(self).items() if isinstance(v, torch.Tensor)}
+
+
 class _PrefillWrapper:
-    def __init__(self, float_workspace_buffer: torch.Tensor, kv_layout: str = "NHD",
-                 use_cuda_graph: bool = False, *, backend: str = "auto"):
+    def _setup(self, float_workspace_buffer, kv_layout, use_cuda_graph, backend, bufs: dict,
+               masks: dict, batch_buf: str):
+        """``bufs``: the graph buffers by FlashInfer's names (qo_indptr first, then the KV
+        indptr, then indices and last_page_len for a paged cache); max_batch is the length of
+        ``batch_buf`` (minus 1 for an indptr)."""
         check_tensor("float_workspace_buffer", float_workspace_buffer)
         check_layout(kv_layout)
-        if use_cuda_graph:
-            raise ValueError("use_cuda_graph=True is not supported yet (no fixed-grid plan); "
-                             "pass use_cuda_graph=False")
         self._workspace = float_workspace_buffer
         self._kv_layout = kv_layout
         self._backend = attn_backend(backend, float_workspace_buffer.device)
         self._plan: AttentionPlan | None = None
+        self._graph: PrefillGraphBuffers | None = None
+        if not use_cuda_graph:
+            return
+        for name, buf in bufs.items():
+            check_graph_buffer(name, buf, self.device)
+        max_batch = bufs[batch_buf].numel() - batch_buf.endswith("indptr_buf")
+        (cm_name, cm), (mi_name, mi) = masks.items()
+        if (cm is None) != (mi is None):
+            raise ValueError(f"{cm_name} and {mi_name} go together (custom masks need both)")
+        if cm is not None:
+            check_graph_buffer(cm_name, cm, self.device, (torch.bool, torch.uint8), "bool")
+            check_graph_buffer(mi_name, mi, self.device)
+        for name, buf in {**bufs, mi_name: mi}.items():
+            if name.endswith("indptr_buf") and buf is not None and buf.numel() != max_batch + 1:
+                raise ValueError(f"{name} must have max_batch + 1 = {max_batch + 1} entries "
+                                 f"(max_batch from {batch_buf}), got {buf.numel()}")
+        self._graph = PrefillGraphBuffers(bufs, batch_buf, cm, mi)
+
+    @property
+    def is_cuda_graph_enabled(self) -> bool:
+        return self._graph is not None
+
+    @property
+    def device(self) -> torch.device:
+        return self._workspace.device
 
     def _common(self, qo_indptr, num_qo_heads, num_kv_heads, head_dim, causal, window_left,
                 logits_soft_cap, sm_scale, q_data_type, kv_data_type, variant):
@@ -131,21 +254,53 @@ class _PrefillWrapper:
                     causal=bool(causal), window_left=window_left, soft_cap=soft_cap,
                     sm_scale=sm_scale, q_dtype=q_dtype, kv_dtype=kv_dtype, variant=variant), qo_ptr
 
-    def _finish(self, qo_ptr, kv_lens, custom_mask, **kw):
-        dev = self._workspace.device
-        if qo_ptr.size != kv_lens.size + 1:
-            raise ValueError(f"qo_indptr must have batch + 1 = {kv_lens.size + 1} entries (as the "
+    def _finish(self, qo_ptr, kv_lens, custom_mask, kv_table, non_blocking, **kw):
+        """The plan's items and index tensors: new device tensors, or in graph mode the fixed
+        buffers (views at their start) refilled in place, kv_indptr/kv_indices included."""
+        dev = self.device
+        batch = kv_lens.size
+        if qo_ptr.size != batch + 1:
+            raise ValueError(f"qo_indptr must have batch + 1 = {batch + 1} entries (as the "
                              f"KV page table), got {qo_ptr.size}")
-        items, n = prefill_items(qo_ptr, kv_lens, kw["num_qo_heads"] // kw["num_kv_heads"],
-                                 kw["head_dim"], dev)
-        mask, mask_indptr = check_mask(custom_mask, qo_ptr, kv_lens, dev)
-        return dict(decode=False, batch=kv_lens.size, nnz_qo=int(qo_ptr[-1]), n_items=n,
-                    items=items, qo_indptr=int32(qo_ptr, dev), kv_lens=int32(kv_lens, dev),
-                    merge_indptr=int32([0], dev), mask=mask, mask_indptr=mask_indptr, **kw)
+        group = kw["num_qo_heads"] // kw["num_kv_heads"]
+        tile = prefill_tile(group, kw["head_dim"])
+        mask, mask_ptr = check_mask(custom_mask, qo_ptr, kv_lens, dev)
+        kw.update(decode=False, batch=batch, nnz_qo=int(qo_ptr[-1]))
+        g = self._graph
+        if g is None:
+            cols, n = prefill_item_cols(qo_ptr, kv_lens, tile)
+            return dict(kw, n_items=n, items=items_tensor(cols, dev),
+                        qo_indptr=int32(qo_ptr, dev), kv_lens=int32(kv_lens, dev),
+                        merge_indptr=int32([0], dev), mask=mask,
+                        mask_indptr=None if mask is None else int32(mask_ptr, dev))
+        n = g.fill(qo_ptr, kv_lens, group, tile, kv_table, mask, mask_ptr, non_blocking)
+        return dict(kw, n_items=n, items=g.items, qo_indptr=g.qo_indptr[:batch + 1],
+                    kv_indptr=g.indptr[:batch + 1], kv_indices=g.indices,
+                    kv_lens=g.kv_lens[:batch], merge_indptr=g.merge_indptr,
+                    mask=None if mask is None else g.mask,
+                    mask_indptr=None if mask is None else g.mask_indptr, num_items=g.num_items)
+
+    def _rows(self, q) -> int:
+        """q's row count to expect: the planned nnz, or in graph mode up to max_tokens."""
+        plan, g = self._plan, self._graph
+        if plan is None:
+            raise RuntimeError(f"{type(self).__name__}.run() called before plan()")
+        if g is None:
+            return plan.nnz_qo
+        check_tensor("q", q, ndim=3)
+        if not plan.nnz_qo <= q.shape[0] <= g.max_tokens:
+            raise ValueError(f"q must have between {plan.nnz_qo} (the planned qo_indptr[-1]) and "
+                             f"{g.max_tokens} (the use_cuda_graph capacity) rows, got "
+                             f"{q.shape[0]}")
+        return q.shape[0]
 
     def _run(self, q, k, v, out, lse, return_lse, variant_args):
         plan = self._plan
         out, lse = check_outputs(plan, q, out, lse)
+        if self._graph is not None:
+            # The padding items cover rows [nnz, max_tokens): stop them at q's last row. A
+            # device op on fixed buffers, so it is captured and replayed with the launch.
+            torch.clamp(self._graph.q_end, max=q.shape[0], out=self._graph.items[2])
         launch(plan, q, k, v, out, lse, self._workspace, self._backend, variant_args)
         return (out, lse) if return_lse else out
 
@@ -157,7 +312,34 @@ class BatchPrefillWithPagedKVCacheWrapper(_PrefillWrapper):
     num_kv_heads, head_dim_qk, page_size, causal=False, ...) then run(q, paged_kv_cache):
     q [qo_indptr[-1], num_qo_heads, head_dim] -> o of q's shape (and lse [nnz, heads]).
     ``custom_mask``: bool, each request's [qo_len, kv_len] mask flattened and concatenated.
+
+    use_cuda_graph=True (FlashInfer's contract) fixes run()'s launch so that it can be captured
+    once and replayed after any later plan(): plan() copies into the int32 device buffers
+    qo_indptr_buf and paged_kv_indptr_buf ([max_batch + 1]), paged_kv_indices_buf
+    ([max_pages]) and paged_kv_last_page_len_buf ([max_batch]), plus custom_mask_buf (bool or
+    uint8, one element per mask entry) and mask_indptr_buf ([max_batch + 1]) for custom masks.
+    Capacity: any batch up to max_batch (FlashInfer: exactly the first plan's) and up to
+    ``max_tokens`` = the first plan's qo_indptr[-1] query tokens (FlashInfer's rule: plan the
+    largest batch first); the work-item table has ceil(max_tokens / tile) + max_batch slots
+    (tile: query tokens per item, max(1, 64 // GQA group); the group must stay the first
+    plan's). run() then takes q with between qo_indptr[-1] and max_tokens rows, rows past the
+    plan's giving o = 0 and lse = -inf: capture it with q/out of max_tokens rows. The torch
+    backend runs such plans but reads the page table on the host, so it cannot be captured.
     """
+
+    def __init__(self, float_workspace_buffer: torch.Tensor, kv_layout: str = "NHD",
+                 use_cuda_graph: bool = False, qo_indptr_buf: torch.Tensor | None = None,
+                 paged_kv_indptr_buf: torch.Tensor | None = None,
+                 paged_kv_indices_buf: torch.Tensor | None = None,
+                 paged_kv_last_page_len_buf: torch.Tensor | None = None,
+                 custom_mask_buf: torch.Tensor | None = None,
+                 mask_indptr_buf: torch.Tensor | None = None, *, backend: str = "auto"):
+        self._setup(float_workspace_buffer, kv_layout, use_cuda_graph, backend,
+                    dict(qo_indptr_buf=qo_indptr_buf, paged_kv_indptr_buf=paged_kv_indptr_buf,
+                         paged_kv_indices_buf=paged_kv_indices_buf,
+                         paged_kv_last_page_len_buf=paged_kv_last_page_len_buf),
+                    dict(custom_mask_buf=custom_mask_buf, mask_indptr_buf=mask_indptr_buf),
+                    "paged_kv_last_page_len_buf")
 
     def plan(self, qo_indptr: torch.Tensor, paged_kv_indptr: torch.Tensor,
              paged_kv_indices: torch.Tensor, paged_kv_last_page_len: torch.Tensor,
@@ -170,25 +352,25 @@ class BatchPrefillWithPagedKVCacheWrapper(_PrefillWrapper):
         kw, qo_ptr = self._common(qo_indptr, num_qo_heads, num_kv_heads, head_dim_qk, causal,
                                   window_left, logits_soft_cap, sm_scale, q_data_type,
                                   kv_data_type, variant)
+        table = (paged_kv_indptr, paged_kv_indices, paged_kv_last_page_len)
         kv_lens, max_page = check_page_table(
-            paged_kv_indptr, paged_kv_indices, paged_kv_last_page_len, page_size,
-            ("paged_kv_indptr", "paged_kv_indices", "paged_kv_last_page_len"))
-        dev = self._workspace.device
-        self._plan = AttentionPlan(
-            paged=True, page_size=page_size, max_page=max_page,
+            *table, page_size, ("paged_kv_indptr", "paged_kv_indices", "paged_kv_last_page_len"))
+        dev = self.device
+        kv = {} if self._graph is not None else dict(
             kv_indptr=paged_kv_indptr.to(dev, non_blocking=True),
-            kv_indices=paged_kv_indices.to(dev, non_blocking=True),
-            **self._finish(qo_ptr, kv_lens, custom_mask, **kw))
+            kv_indices=paged_kv_indices.to(dev, non_blocking=True))
+        self._plan = AttentionPlan(
+            paged=True, page_size=page_size, max_page=max_page, **kv,
+            **self._finish(qo_ptr, kv_lens, custom_mask, table, non_blocking, **kw))
 
     begin_forward = plan
 
     def run(self, q: torch.Tensor, paged_kv_cache, *, out: torch.Tensor | None = None,
             lse: torch.Tensor | None = None, return_lse: bool = False, variant_args=()):
+        rows = self._rows(q)
         plan = self._plan
-        if plan is None:
-            raise RuntimeError("BatchPrefillWithPagedKVCacheWrapper.run() called before plan()")
-        k, v = check_run_inputs(plan, q, paged_kv_cache, self._kv_layout, self._workspace.device,
-                                (plan.nnz_qo, plan.num_qo_heads, plan.head_dim))
+        k, v = check_run_inputs(plan, q, paged_kv_cache, self._kv_layout, self.device,
+                                (rows, plan.num_qo_heads, plan.head_dim))
         return self._run(q, k, v, out, lse, return_lse, variant_args)
 
     forward = run
@@ -200,7 +382,22 @@ class BatchPrefillWithRaggedKVCacheWrapper(_PrefillWrapper):
     plan(qo_indptr, kv_indptr, num_qo_heads, num_kv_heads, head_dim_qk, causal=False, ...) then
     run(q, k, v): q [qo_indptr[-1], Hq, D], k/v [kv_indptr[-1], Hk, D] (NHD) or
     [Hk, kv_indptr[-1], D] (HND) -> o of q's shape (and lse).
+
+    use_cuda_graph=True: as the paged wrapper's, with the int32 buffers qo_indptr_buf and
+    kv_indptr_buf ([max_batch + 1] each; max_batch from qo_indptr_buf), and custom_mask_buf /
+    mask_indptr_buf for custom masks. run() then also takes k/v with more than kv_indptr[-1]
+    tokens (capture it with k/v of the largest KV).
     """
+
+    def __init__(self, float_workspace_buffer: torch.Tensor, kv_layout: str = "NHD",
+                 use_cuda_graph: bool = False, qo_indptr_buf: torch.Tensor | None = None,
+                 kv_indptr_buf: torch.Tensor | None = None,
+                 custom_mask_buf: torch.Tensor | None = None,
+                 mask_indptr_buf: torch.Tensor | None = None, *, backend: str = "auto"):
+        self._setup(float_workspace_buffer, kv_layout, use_cuda_graph, backend,
+                    dict(qo_indptr_buf=qo_indptr_buf, kv_indptr_buf=kv_indptr_buf),
+                    dict(custom_mask_buf=custom_mask_buf, mask_indptr_buf=mask_indptr_buf),
+                    "qo_indptr_buf")
 
     def plan(self, qo_indptr: torch.Tensor, kv_indptr: torch.Tensor, num_qo_heads: int,
              num_kv_heads: int, head_dim_qk: int, causal: bool = False, *,
@@ -212,25 +409,27 @@ class BatchPrefillWithRaggedKVCacheWrapper(_PrefillWrapper):
                                   window_left, logits_soft_cap, sm_scale, q_data_type,
                                   kv_data_type, variant)
         kv_ptr = check_indptr("kv_indptr", kv_indptr)
-        dev = self._workspace.device
+        dev = self.device
+        kv = {} if self._graph is not None else dict(kv_indptr=int32(kv_ptr, dev),
+                                                     kv_indices=int32([0], dev))
         self._plan = AttentionPlan(
-            paged=False, page_size=1, max_page=int(kv_ptr[-1]) - 1,
-            kv_indptr=int32(kv_ptr, dev), kv_indices=int32([0], dev),
-            **self._finish(qo_ptr, np.diff(kv_ptr), custom_mask, **kw))
+            paged=False, page_size=1, max_page=int(kv_ptr[-1]) - 1, **kv,
+            **self._finish(qo_ptr, np.diff(kv_ptr), custom_mask, kv_ptr, non_blocking, **kw))
 
     begin_forward = plan
 
     def run(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
             out: torch.Tensor | None = None, lse: torch.Tensor | None = None,
             return_lse: bool = False, variant_args=()):
+        rows = self._rows(q)
         plan = self._plan
-        if plan is None:
-            raise RuntimeError("BatchPrefillWithRaggedKVCacheWrapper.run() called before plan()")
-        dev = self._workspace.device
-        check_tensor("q", q, dtypes=(plan.q_dtype,), shape=(plan.nnz_qo, plan.num_qo_heads,
+        dev = self.device
+        check_tensor("q", q, dtypes=(plan.q_dtype,), shape=(rows, plan.num_qo_heads,
                      plan.head_dim), device=dev, last_dim_contiguous=True)
-        nnz_kv = plan.max_page + 1
-        shape = ((nnz_kv, plan.num_kv_heads, plan.head_dim) if self._kv_layout == "NHD"
+        nnz_kv, tok = plan.max_page + 1, int(self._kv_layout == "HND")
+        if self._graph is not None and isinstance(k, torch.Tensor) and k.dim() == 3:
+            nnz_kv = max(nnz_kv, k.shape[tok])  # graph mode: spare tokens past the plan's
+        shape = ((nnz_kv, plan.num_kv_heads, plan.head_dim) if tok == 0
                  else (plan.num_kv_heads, nnz_kv, plan.head_dim))
         for name, t in (("k", k), ("v", v)):
             check_tensor(name, t, dtypes=(plan.kv_dtype,), shape=shape, device=dev,

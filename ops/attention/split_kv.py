@@ -1,5 +1,6 @@
 """Split-KV work items of decode: chunks of every request's KV balanced over the workers by
-the planner (ops/scheduler), and the fixed buffers a use_cuda_graph=True wrapper plans into.
+the planner (ops/scheduler), and the fixed buffers a use_cuda_graph=True decode wrapper plans
+into (the buffer checks and in-place copies at the end serve prefill's graph buffers too).
 
 Work-item table (int32 [6, n]): request, q_start, q_end, kv_start, kv_end, output row, in the
 order the programs launch (longest first).
@@ -9,10 +10,12 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from .._validate import check_tensor
 from ..scheduler import plan_split_kv
-from ._plan import int32, items_tensor
+from ._plan import INDEX_DTYPES, int32, items_tensor
 
-__all__ = ["default_workers", "split_kv_items", "split_kv_plan", "GraphBuffers"]
+__all__ = ["default_workers", "split_kv_items", "split_kv_plan", "GraphBuffers",
+           "check_graph_buffer", "check_graph_fits", "copy_into"]
 
 
 def default_workers(device: torch.device, num_kv_heads: int) -> int:
@@ -77,13 +80,9 @@ class GraphBuffers:
         """Copy a plan into the buffers (allocating them at the first call); returns the
         number of work items. Requests past the batch are empty (merged to o = 0)."""
         batch = kv_lens.size
-        if batch > self.max_batch:
-            raise ValueError(f"use_cuda_graph=True: batch size {batch} exceeds max_batch = "
-                             f"{self.max_batch} (the length of paged_kv_last_page_len_buffer)")
         n_pages = int(indptr[-1].item())
-        if n_pages > self.indices.numel():
-            raise ValueError(f"use_cuda_graph=True: the page table has {n_pages} pages but "
-                             f"paged_kv_indices_buffer holds {self.indices.numel()}")
+        check_graph_fits(batch, self.max_batch, "paged_kv_last_page_len_buffer", n_pages,
+                         self.indices, "paged_kv_indices_buffer")
         if self.items is None:
             self.allocate(workers, self.indices.device)
         cols, merge_indptr, n = split_kv_items(kv_lens, workers, page_size, min_chunk_tokens,
@@ -98,13 +97,39 @@ class GraphBuffers:
             (self.kv_lens, np.concatenate([kv_lens, np.zeros(pad)])),
             (self.indptr[:batch + 1], indptr), (self.indices[:n_pages], indices[:n_pages]),
             (self.last_page_len[:batch], last_page_len)]
-        for dst, src in copies:
-            if isinstance(src, np.ndarray):
-                src = torch.from_numpy(src.astype(np.int32))
-            dst.copy_(src, non_blocking=non_blocking)
+        copy_into(copies, non_blocking)
         return n
 
     def tensors(self) -> dict[str, torch.Tensor]:
         return {name: getattr(self, name) for name in (
             "indptr", "indices", "last_page_len", "items", "num_items", "merge_indptr",
             "qo_indptr", "kv_lens")}
+
+
+def check_graph_buffer(name: str, buf, device, dtypes=INDEX_DTYPES, what="int32") -> None:
+    """A use_cuda_graph=True buffer of the constructor: a contiguous 1-D tensor on ``device``."""
+    if not isinstance(buf, torch.Tensor):
+        raise ValueError(f"use_cuda_graph=True needs {name} (a 1-D {what} device tensor that "
+                         f"plan() copies into)")
+    check_tensor(name, buf, dtypes=dtypes, ndim=1, device=device)
+    if not buf.is_contiguous():
+        raise ValueError(f"{name} must be contiguous")
+
+
+def check_graph_fits(batch: int, max_batch: int, batch_buf: str, n_pages: int | None = None,
+                     indices=None, indices_buf: str = "") -> None:
+    """A plan's batch and page count against the fixed buffers (ValueError naming them)."""
+    if batch > max_batch:
+        raise ValueError(f"use_cuda_graph=True: batch size {batch} exceeds max_batch = "
+                         f"{max_batch} (the length of {batch_buf})")
+    if n_pages is not None and n_pages > indices.numel():
+        raise ValueError(f"use_cuda_graph=True: the page table has {n_pages} pages but "
+                         f"{indices_buf} holds {indices.numel()}")
+
+
+def copy_into(copies, non_blocking: bool) -> None:
+    """(fixed buffer or view at its start, host array or tensor) pairs, copied in place."""
+    for dst, src in copies:
+        if isinstance(src, np.ndarray):
+            src = torch.from_numpy(src.astype(np.int32))
+        dst.copy_(src, non_blocking=non_blocking)

@@ -61,6 +61,14 @@ def attention():
         w.plan(torch.tensor([0, 3], dtype=torch.int32), torch.arange(3, dtype=torch.int32),
                torch.tensor([5], dtype=torch.int32), 32, 8, 128, 16, q_data_type=dtype)
         w.run(randn(4, 32, 128, dtype=dtype), randn(8, 2, 16, 8, 128, dtype=dtype))
+        bufs = dict(qo_indptr_buf=torch.zeros(3, dtype=torch.int32),
+                    kv_indptr_buf=torch.zeros(3, dtype=torch.int32))
+        w = A.BatchPrefillWithRaggedKVCacheWrapper(torch.empty(1 << 22, dtype=torch.uint8),
+                                                   "NHD", True, backend="triton", **bufs)
+        w.plan(torch.tensor([0, 20, 24], dtype=torch.int32),
+               torch.tensor([0, 30, 40], dtype=torch.int32), 32, 8, 128, causal=True,
+               q_data_type=dtype)
+        w.run(q, k, k)
     v, s = randn(5, 3, 8, 128, dtype=BF16), randn(5, 3, 8)
     ops.merge_states(v, s, backend="triton")
     ops.merge_state(v[0], s[0], v[1], s[1], backend="triton")
