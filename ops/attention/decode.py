@@ -20,7 +20,8 @@ from ._plan import (DECODE_KV_DTYPES, FP8_KV_DTYPES, KV_DTYPES, AttentionPlan,
                     unpack_paged_cache)
 from .decode_cuda import SUPPORTED_HEAD_DIMS as CUDA_HEAD_DIMS
 from .decode_cuda import check_cuda_decode
-from .split_kv import GraphBuffers, check_graph_buffer, default_workers, split_kv_plan
+from .graph import DecodeGraphBuffers, check_graph_buffer
+from .items import default_workers, split_kv_plan
 from .variants import AttentionVariant
 
 __all__ = ["single_decode_with_kv_cache", "BatchDecodeWithPagedKVCacheWrapper"]
@@ -181,7 +182,7 @@ class BatchDecodeWithPagedKVCacheWrapper:
         self._kv_layout = kv_layout
         self._backend = attn_backend(backend, float_workspace_buffer.device, decode=True)
         self._plan: AttentionPlan | None = None
-        self._graph: GraphBuffers | None = None
+        self._graph: DecodeGraphBuffers | None = None
         bufs = (("paged_kv_indptr_buffer", paged_kv_indptr_buffer),
                 ("paged_kv_indices_buffer", paged_kv_indices_buffer),
                 ("paged_kv_last_page_len_buffer", paged_kv_last_page_len_buffer))
@@ -197,7 +198,7 @@ class BatchDecodeWithPagedKVCacheWrapper:
             raise ValueError(f"paged_kv_indptr_buffer must have max_batch + 1 = {max_batch + 1} "
                              f"entries (max_batch from paged_kv_last_page_len_buffer), got "
                              f"{paged_kv_indptr_buffer.numel()}")
-        self._graph = GraphBuffers(paged_kv_indptr_buffer, paged_kv_indices_buffer,
+        self._graph = DecodeGraphBuffers(paged_kv_indptr_buffer, paged_kv_indices_buffer,
                                     paged_kv_last_page_len_buffer)
 
     @property

@@ -15,39 +15,13 @@ from .._validate import check_tensor
 from ._plan import (KV_DTYPES, AttentionPlan, attn_backend, check_heads, check_indptr, check_int,
                     check_layout, check_page_table, check_scalars, check_single_kv, int32,
                     items_tensor, kv_views, launch)
-from .attention_triton import block_sizes
 from .decode import as_dtype, check_outputs, check_run_inputs
-from .split_kv import check_graph_buffer, check_graph_fits, copy_into
+from .graph import PrefillGraphBuffers, check_graph_buffer
+from .items import prefill_item_cols, prefill_items, prefill_tile
 from .variants import AttentionVariant
 
 __all__ = ["single_prefill_with_kv_cache", "BatchPrefillWithPagedKVCacheWrapper",
            "BatchPrefillWithRaggedKVCacheWrapper"]
-
-
-def prefill_tile(group: int, head_dim: int) -> int:
-    """Query tokens per work item: BLOCK_M rows of (token, q head of the group) pairs."""
-    return block_sizes(group, head_dim, decode=False)[0] // group
-
-
-def prefill_item_cols(qo_ptr: np.ndarray, kv_lens: np.ndarray, tile: int):
-    """The 6 columns of the item table, one item per tile of a request's query tokens, longest
-    KV first (LPT-like order); and the item count."""
-    qo_lens = np.diff(qo_ptr)
-    n_tiles = -(-qo_lens // tile)
-    req = np.repeat(np.arange(qo_lens.size), n_tiles)
-    first = np.repeat(np.cumsum(n_tiles) - n_tiles, n_tiles)
-    q_start = (np.arange(req.size) - first) * tile
-    q_end = np.minimum(q_start + tile, qo_lens[req])
-    kv_end = kv_lens[req]
-    order = np.argsort(-kv_end, kind="stable")
-    cols = [c[order] for c in (req, q_start, q_end, np.zeros_like(req), kv_end,
-                               qo_ptr[req] + q_start)]
-    return cols, int(req.size)
-
-
-def prefill_items(qo_ptr: np.ndarray, kv_lens: np.ndarray, group: int, head_dim: int, device):
-    cols, n = prefill_item_cols(qo_ptr, kv_lens, prefill_tile(group, head_dim))
-    return items_tensor(cols, device), n
 
 
 def check_mask(custom_mask, qo_ptr, kv_lens, device):
@@ -113,92 +87,6 @@ def single_prefill_with_kv_cache(q: torch.Tensor, k: torch.Tensor, v: torch.Tens
     launch(plan, q, k4, v4, out, lse, torch.empty(0, dtype=torch.uint8, device=q.device), backend,
            variant_args)
     return (out, lse) if return_lse else out
-
-
-class PrefillGraphBuffers:
-    """The fixed device buffers of a use_cuda_graph=True prefill wrapper. The index buffers are
-    the user's (FlashInfer's contract); kv_lens and the work-item table are flashkit's. The
-    first plan() fixes the capacity, as FlashInfer's: ``max_tokens`` = its qo_indptr[-1], and
-    its GQA group (hence ``tile``, the query tokens per item). The item table has
-    ceil(max_tokens / tile) + max_batch slots: any plan's tiles plus the padding items (no keys,
-    so o = 0, lse = -inf) over rows [nnz, max_tokens) number fewer than (max_tokens + (batch +
-    1) x (tile - 1)) / tile, each of the batch + 1 groups wasting under one tile. run() clamps
-    the padding items' q_end to q's row count."""
-
-    def __init__(self, bufs: dict[str, torch.Tensor], batch_buf: str, mask=None,
-                 mask_indptr=None):
-        # bufs: qo_indptr, the KV indptr, then (paged) indices and last_page_len, by the
-        # constructor's argument names (kept for errors)
-        qo_indptr, self.indptr, *paged = bufs.values()
-        self.qo_indptr = qo_indptr
-        indices, self.last_page_len = paged or (None, None)  # last_page_len None: ragged KV
-        self.batch_buf = batch_buf + " minus 1" * batch_buf.endswith("indptr_buf")
-        self.indices_buf = list(bufs)[2] if paged else ""
-        self.mask = None if mask is None else mask.view(torch.uint8)
-        self.mask_indptr = mask_indptr
-        self.max_batch = qo_indptr.numel() - 1
-        i32 = dict(dtype=torch.int32, device=qo_indptr.device)
-        self.indices = indices if indices is not None else torch.zeros(1, **i32)
-        self.kv_lens = torch.zeros(max(self.max_batch, 1), **i32)
-        self.num_items = torch.zeros(1, **i32)
-        self.merge_indptr = torch.zeros(1, **i32)  # unused: prefill items write o directly
-        self.max_tokens = self.group = None
-        self.max_items = 0
-        self.items = self.q_end = None
-
-    def fill(self, qo_ptr: np.ndarray, kv_lens: np.ndarray, group: int, tile: int, kv_table,
-             mask, mask_ptr, non_blocking: bool) -> int:
-        """Check a plan against the capacity, then copy it in (allocating the item table at the
-        first call). ``kv_table``: (indptr, indices, last_page_len) tensors (paged) or the
-        kv_indptr array (ragged). Returns the item count: the plan's tiles, then padding."""
-        batch, nnz = kv_lens.size, int(qo_ptr[-1])
-        paged = self.last_page_len is not None
-        n_pages = int(kv_table[0][-1].item()) if paged else None
-        check_graph_fits(batch, self.max_batch, self.batch_buf, n_pages, self.indices,
-                         self.indices_buf)
-        copies = [(self.qo_indptr[:batch + 1], qo_ptr), (self.kv_lens[:batch], kv_lens)]
-        if paged:
-            indptr, indices, last = kv_table
-            copies += [(self.indptr[:batch + 1], indptr), (self.indices[:n_pages],
-                       indices[:n_pages]), (self.last_page_len[:batch], last)]
-        else:
-            copies.append((self.indptr[:batch + 1], kv_table))
-        if mask is not None:
-            if self.mask is None:
-                raise ValueError("use_cuda_graph=True: a custom_mask plan needs custom_mask_buf "
-                                 "and mask_indptr_buf (given to the constructor)")
-            if mask.numel() > self.mask.numel():
-                raise ValueError(f"use_cuda_graph=True: custom_mask has {mask.numel()} elements "
-                                 f"but custom_mask_buf holds {self.mask.numel()}")
-            copies += [(self.mask[:mask.numel()], mask), (self.mask_indptr[:batch + 1], mask_ptr)]
-        if self.items is None:
-            self.max_tokens, self.group = nnz, group
-            self.max_items = max(1, -(-nnz // tile) + self.max_batch)
-            self.items = torch.zeros((6, self.max_items), dtype=torch.int32,
-                                     device=self.qo_indptr.device)
-            self.q_end = torch.zeros_like(self.items[2])
-        if group != self.group:
-            raise ValueError(f"use_cuda_graph=True: num_qo_heads // num_kv_heads must stay "
-                             f"{self.group} (the first plan's; it fixes the tiles), got {group}")
-        if nnz > self.max_tokens:
-            raise ValueError(f"use_cuda_graph=True: qo_indptr[-1] = {nnz} query tokens exceed "
-                             f"the capacity of {self.max_tokens} fixed by the first plan() "
-                             f"(plan the largest batch first)")
-        cols, n = prefill_item_cols(qo_ptr, kv_lens, tile)
-        # Padding items: request 0 (qo_indptr[0] = 0, so q_start is a row of q), no keys.
-        pad = nnz + tile * np.arange(-(-(self.max_tokens - nnz) // tile))
-        host = np.zeros((6, self.max_items), np.int64)
-        for r, c in enumerate(cols):
-            host[r, :n] = c
-        host[1, n:n + pad.size] = host[5, n:n + pad.size] = pad
-        host[2, n:n + pad.size] = np.minimum(pad + tile, self.max_tokens)
-        copies += [(self.items, host), (self.q_end, host[2]),
-                   (self.num_items, np.array([n + pad.size]))]
-        copy_into(copies, non_blocking)
-        return n + pad.size
-
-    def tensors(self) -> dict[str, torch.Tensor]:
-        return {k: v for k, v in vars(self).items() if isinstance(v, torch.Tensor)}
 
 
 class _PrefillWrapper:

@@ -78,8 +78,8 @@ def ssm():
     for dtype in (BF16, F32):
         b, L, h, p, n = 1, 70, 4, 64, 128  # Mamba2-2.7B's head: headdim 64, dstate 128
         x, dt = randn(b, L, h, p, dtype=dtype), randn(b, L, h, dtype=dtype)
-        A, B, C = -torch.rand(h, generator=g), randn(b, L, 1, n, dtype=dtype), randn(b, L, 1, n,
-                                                                                     dtype=dtype)
+        A = -torch.rand(h, generator=g)
+        B, C = randn(b, L, 1, n, dtype=dtype), randn(b, L, 1, n, dtype=dtype)
         ops.chunk_ssd_scan(x, dt, A, B, C, chunk_size=64, D=torch.ones(h), z=x, dt_softplus=True,
                            checkpoint_positions=[[5, 64]], return_final_states=True,
                            backend="triton")
@@ -88,8 +88,8 @@ def ssm():
                                    dt_softplus=True, backend="triton")
         d, n1 = 64, 16  # Mamba-1: dstate 16
         u, delta = randn(1, d, 40, dtype=dtype), randn(1, d, 40, dtype=dtype)
-        ops.selective_scan(u, delta, -torch.rand(d, n1, generator=g), randn(1, 1, n1, 40, dtype=dtype),
-                           randn(1, 1, n1, 40, dtype=dtype), D=torch.ones(d), z=u,
+        B1, C1 = randn(1, 1, n1, 40, dtype=dtype), randn(1, 1, n1, 40, dtype=dtype)
+        ops.selective_scan(u, delta, -torch.rand(d, n1, generator=g), B1, C1, D=torch.ones(d), z=u,
                            delta_softplus=True, checkpoint_positions=[[7]],
                            return_last_state=True, backend="triton")
         xc, wc = randn(1, 128, 40, dtype=dtype), randn(128, 4, dtype=dtype)
@@ -103,8 +103,8 @@ def moe():
     for dtype in (BF16, FP16):
         tokens, hidden, ffn, e, k = 40, 256, 128, 8, 2
         x = randn(tokens, hidden, dtype=dtype, scale=0.1)
-        w1, w2 = randn(e, 2 * ffn, hidden, dtype=dtype, scale=0.05), randn(e, hidden, ffn, dtype=dtype,
-                                                                           scale=0.05)
+        w1 = randn(e, 2 * ffn, hidden, dtype=dtype, scale=0.05)
+        w2 = randn(e, hidden, ffn, dtype=dtype, scale=0.05)
         weights, ids = ops.fused_topk(randn(tokens, e), k, backend="triton")
         for act in ("silu", "gelu"):
             ops.fused_moe(x, w1, w2, weights, ids, activation=act, backend="triton")

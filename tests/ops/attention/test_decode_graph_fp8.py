@@ -6,7 +6,7 @@ import torch
 
 import flashkit.ops.attention as A
 from flashkit import jit
-from flashkit.ops.attention.split_kv import split_kv_items
+from flashkit.ops.attention.items import split_kv_items
 from tests.helpers import device, poison
 
 from .attn_common import ATTN_TOL, check_attn, dt_id, ref_paged
