@@ -147,13 +147,22 @@ def test_run_before_plan():
         w.run(torch.randn(1, 4, 64, dtype=torch.float16), torch.randn(2, 2, 16, 4, 64))
 
 
-def test_torch_compile_fullgraph():
-    """run() traces as one custom op (fake implementation) under torch.compile."""
+@pytest.mark.parametrize("graph", [False, True], ids=["eager-plan", "cuda-graph-plan"])
+def test_torch_compile_fullgraph(graph):
+    """run() traces as one custom op (fake implementation) under torch.compile, also with a
+    use_cuda_graph plan (its device-side item count is one more tensor argument)."""
     case = CASES[0]
     dtype = torch.float16
     cache, indptr, indices, last = make_paged(case.kv_lens, 16, 4, 64, dtype, "NHD", 4)
     q = torch.randn(4, 4, 64).to(dtype)
-    w = A.BatchDecodeWithPagedKVCacheWrapper(torch.empty(1 << 20, dtype=torch.uint8))
+    bufs = {}
+    if graph:
+        i32 = dict(dtype=torch.int32)
+        bufs = dict(paged_kv_indptr_buffer=torch.zeros(q.shape[0] + 1, **i32),
+                    paged_kv_indices_buffer=torch.zeros(indices.numel(), **i32),
+                    paged_kv_last_page_len_buffer=torch.zeros(q.shape[0], **i32))
+    w = A.BatchDecodeWithPagedKVCacheWrapper(torch.empty(1 << 20, dtype=torch.uint8), "NHD",
+                                             graph, backend="triton", **bufs)
     w.plan(indptr, indices, last, 4, 4, 64, 16, q_data_type=dtype)
 
     def f(q, cache):
