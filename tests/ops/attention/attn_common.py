@@ -1,5 +1,9 @@
-"""Shared builders of the attention tests: paged caches, page tables, the float32 oracle."""
+"""Shared builders of the attention tests: paged caches, page tables, the float32 oracle, and
+the CUDA-graph helpers (launch-grid recorder, capture)."""
+import numpy as np
 import torch
+
+from flashkit import jit
 
 from flashkit.ops.attention.reference import (naive_batch_attention, naive_gather_paged_kv,
                                               naive_single_attention)
@@ -52,3 +56,54 @@ def check_attn(out, lse, ref_out, ref_lse, dtype):
         assert torch.equal(torch.isneginf(lse).cpu(), torch.isneginf(ref_lse).cpu())
         finite = ~torch.isneginf(ref_lse.cpu())
         torch.testing.assert_close(lse.cpu()[finite], ref_lse.float().cpu()[finite], **LSE_TOL)
+
+
+def page_table(kv_lens, page_size, num_pages, seed):
+    """A CSR page table over a shared cache of ``num_pages`` pages (shuffled, disjoint)."""
+    g = torch.Generator().manual_seed(seed)
+    pages = [-(-n // page_size) for n in kv_lens]
+    perm = torch.randperm(num_pages, generator=g)[:sum(pages)].to(torch.int32)
+    indptr = torch.tensor([0, *np.cumsum(pages)], dtype=torch.int32)
+    last = torch.tensor([n - (p - 1) * page_size if p else 0 for n, p in zip(kv_lens, pages)],
+                        dtype=torch.int32)
+    return indptr.to(device()), perm.to(device()), last.to(device())
+
+
+class GridRecorder:
+    """Wraps flashkit.jit.load so that every Triton launch's (kernel, grid) is recorded."""
+
+    def __init__(self, monkeypatch):
+        self.grids = []
+        real = jit.load
+
+        def load(spec):
+            mod = real(spec)
+            rec = self
+
+            class Proxy:
+                def __getattr__(self, name):
+                    fn = getattr(mod, name)
+                    if not name.endswith("_kernel"):
+                        return fn
+
+                    class Launch:
+                        def __getitem__(self, grid):
+                            rec.grids.append((name, tuple(grid)))
+                            return fn[grid]
+                    return Launch()
+            return Proxy()
+        monkeypatch.setattr(jit, "load", load)
+
+
+def capture_graph(run):
+    """Run ``run`` once on a side stream (JIT compiles outside the capture), then capture it in
+    a torch.cuda.CUDAGraph and return the graph."""
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        run()
+    torch.cuda.current_stream().wait_stream(s)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        run()
+    return graph

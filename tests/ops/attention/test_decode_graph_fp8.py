@@ -5,51 +5,14 @@ import pytest
 import torch
 
 import flashkit.ops.attention as A
-from flashkit import jit
 from flashkit.ops.attention.items import split_kv_items
 from tests.helpers import device, poison
 
-from .attn_common import ATTN_TOL, check_attn, dt_id, ref_paged
+from .attn_common import (ATTN_TOL, GridRecorder, capture_graph, check_attn, dt_id, page_table,
+                          ref_paged)
 
 FP8 = torch.float8_e4m3fn
 GRAPH_BACKENDS = ["torch", "triton"]  # backend="cuda" refuses use_cuda_graph
-
-
-def _page_table(kv_lens, page_size, num_pages, seed):
-    """A CSR page table over a shared cache of ``num_pages`` pages (shuffled, disjoint)."""
-    g = torch.Generator().manual_seed(seed)
-    pages = [-(-n // page_size) for n in kv_lens]
-    perm = torch.randperm(num_pages, generator=g)[:sum(pages)].to(torch.int32)
-    indptr = torch.tensor([0, *np.cumsum(pages)], dtype=torch.int32)
-    last = torch.tensor([n - (p - 1) * page_size if p else 0 for n, p in zip(kv_lens, pages)],
-                        dtype=torch.int32)
-    return indptr.to(device()), perm.to(device()), last.to(device())
-
-
-class _GridRecorder:
-    """Wraps flashkit.jit.load so that every Triton launch's (kernel, grid) is recorded."""
-
-    def __init__(self, monkeypatch):
-        self.grids = []
-        real = jit.load
-
-        def load(spec):
-            mod = real(spec)
-            rec = self
-
-            class Proxy:
-                def __getattr__(self, name):
-                    fn = getattr(mod, name)
-                    if not name.endswith("_kernel"):
-                        return fn
-
-                    class Launch:
-                        def __getitem__(self, grid):
-                            rec.grids.append((name, tuple(grid)))
-                            return fn[grid]
-                    return Launch()
-            return Proxy()
-        monkeypatch.setattr(jit, "load", load)
 
 
 # (kv_lens, num_workers) per re-plan: 2 requests, then more (4, with zero-length ones), then
@@ -74,10 +37,10 @@ def test_cuda_graph_replans_in_place(backend, monkeypatch):
     assert w.is_cuda_graph_enabled
     out = torch.empty(max_batch, hq, dim, dtype=dtype, device=device())
     lse = torch.empty(max_batch, hq, dtype=torch.float32, device=device())
-    rec = _GridRecorder(monkeypatch)
+    rec = GridRecorder(monkeypatch)
     ptrs = grids = None
     for i, (lens, workers) in enumerate(PLANS):
-        indptr, indices, last = _page_table(lens, page_size, num_pages, seed=i)
+        indptr, indices, last = page_table(lens, page_size, num_pages, seed=i)
         w.plan(indptr, indices, last, hq, hk, dim, page_size, q_data_type=dtype,
                num_workers=workers, min_chunk_tokens=16)
         plan = w._plan
@@ -138,10 +101,10 @@ def _graph_wrapper(max_batch=2, max_pages=4, **over):
 
 def test_cuda_graph_capacity_and_buffer_errors():
     w = _graph_wrapper()
-    indptr, indices, last = _page_table((20, 40, 3), 16, 8, seed=1)
+    indptr, indices, last = page_table((20, 40, 3), 16, 8, seed=1)
     with pytest.raises(ValueError, match="batch size 3 exceeds max_batch = 2"):
         w.plan(indptr.cpu(), indices.cpu(), last.cpu(), 4, 2, 64, 16)
-    indptr, indices, last = _page_table((20, 60), 16, 8, seed=1)  # 2 + 4 pages > 4
+    indptr, indices, last = page_table((20, 60), 16, 8, seed=1)  # 2 + 4 pages > 4
     with pytest.raises(ValueError, match="6 pages but paged_kv_indices_buffer holds 4"):
         w.plan(indptr.cpu(), indices.cpu(), last.cpu(), 4, 2, 64, 16)
     with pytest.raises(ValueError, match="needs paged_kv_indices_buffer"):
@@ -151,7 +114,7 @@ def test_cuda_graph_capacity_and_buffer_errors():
     with pytest.raises(ValueError, match="paged_kv_last_page_len_buffer must be int32"):
         _graph_wrapper(paged_kv_last_page_len_buffer=torch.zeros(2, dtype=torch.int64))
     w = _graph_wrapper()
-    indptr, indices, last = _page_table((20,), 16, 8, seed=1)
+    indptr, indices, last = page_table((20,), 16, 8, seed=1)
     w.plan(indptr.cpu(), indices.cpu(), last.cpu(), 4, 2, 64, 16)
     with pytest.raises(ValueError, match="q must have shape"):  # more rows than max_batch
         w.run(torch.randn(3, 4, 64, dtype=torch.float16), torch.randn(8, 2, 16, 2, 64).half())
@@ -175,17 +138,10 @@ def test_cuda_graph_capture_replay():
     lse = torch.empty(max_batch, hq, dtype=torch.float32, device=dev)
     plans = [(1000, 17, 0, 3000, 1, 64, 500, 2), (0, 4000), (7, 2500, 300), (1,) * 8]
     for i, lens in enumerate(plans):
-        indptr, indices, last = _page_table(lens, page_size, num_pages, seed=i)
+        indptr, indices, last = page_table(lens, page_size, num_pages, seed=i)
         w.plan(indptr, indices, last, hq, hk, dim, page_size, q_data_type=dtype)
         if i == 0:
-            s = torch.cuda.Stream()
-            s.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(s):  # warm up (JIT compile) outside the capture
-                w.run(q, cache, out=out, lse=lse)
-            torch.cuda.current_stream().wait_stream(s)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
-                w.run(q, cache, out=out, lse=lse)
+            graph = capture_graph(lambda: w.run(q, cache, out=out, lse=lse))
         out.fill_(float("nan"))
         graph.replay()
         torch.cuda.synchronize()

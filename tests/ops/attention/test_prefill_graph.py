@@ -6,8 +6,7 @@ import torch
 import flashkit.ops.attention as A
 from tests.helpers import device, poison
 
-from .attn_common import check_attn, ref_paged
-from .test_decode_graph_fp8 import _GridRecorder, _page_table
+from .attn_common import GridRecorder, capture_graph, check_attn, page_table, ref_paged
 
 GRAPH_BACKENDS = ["torch", "triton"]
 I32 = torch.int32
@@ -58,10 +57,10 @@ def test_paged_replans_in_place(backend, monkeypatch):
     assert w.is_cuda_graph_enabled
     out = torch.empty(max_tokens, hq, dim, dtype=dtype, device=device())
     lse = torch.empty(max_tokens, hq, dtype=torch.float32, device=device())
-    rec = _GridRecorder(monkeypatch)
+    rec = GridRecorder(monkeypatch)
     ptrs = grids = None
     for i, (kv_lens, qo_lens) in enumerate(PLANS):
-        indptr, indices, last = _page_table(kv_lens, ps, num_pages, seed=i)
+        indptr, indices, last = page_table(kv_lens, ps, num_pages, seed=i)
         qo = _qo_indptr(qo_lens)
         w.plan(qo, indptr, indices, last, hq, hk, dim, ps, causal=True, q_data_type=dtype)
         plan, nnz = w._plan, sum(qo_lens)
@@ -96,7 +95,7 @@ def test_paged_custom_mask_replans(backend):
         **_bufs(2, num_pages, mask_elems=200), backend=backend)
     ptrs = None
     for i, (kv_lens, qo_lens) in enumerate([((11, 6), (7, 5)), ((0, 13), (2, 3)), ((5,), (4,))]):
-        indptr, indices, last = _page_table(kv_lens, ps, num_pages, seed=i)
+        indptr, indices, last = page_table(kv_lens, ps, num_pages, seed=i)
         masks = [torch.rand(a, b, generator=g) < 0.6 for a, b in zip(qo_lens, kv_lens)]
         flat = torch.cat([m.flatten() for m in masks]).to(device())
         qo = _qo_indptr(qo_lens)
@@ -146,15 +145,15 @@ def _graph_wrapper(max_batch=2, num_pages=4, **over):
 
 def test_capacity_errors():
     w = _graph_wrapper()
-    indptr, indices, last = _page_table((20, 10, 3), 16, 8, seed=1)
+    indptr, indices, last = page_table((20, 10, 3), 16, 8, seed=1)
     with pytest.raises(ValueError, match="batch size 3 exceeds max_batch = 2 \\(the length of "
                                          "paged_kv_last_page_len_buf\\)"):
         w.plan(_qo_indptr((1, 1, 1), "cpu"), indptr.cpu(), indices.cpu(), last.cpu(), 4, 2, 64, 16)
-    indptr, indices, last = (t.cpu() for t in _page_table((20, 60), 16, 8, seed=1))
+    indptr, indices, last = (t.cpu() for t in page_table((20, 60), 16, 8, seed=1))
     with pytest.raises(ValueError, match="6 pages but paged_kv_indices_buf holds 4"):
         w.plan(_qo_indptr((2, 2), "cpu"), indptr, indices, last, 4, 2, 64, 16)
     assert w._graph.items is None  # a refused first plan fixes no capacity
-    indptr, indices, last = (t.cpu() for t in _page_table((20, 7), 16, 8, seed=1))
+    indptr, indices, last = (t.cpu() for t in page_table((20, 7), 16, 8, seed=1))
     w.plan(_qo_indptr((6, 4), "cpu"), indptr, indices, last, 4, 2, 64, 16)  # capacity: 10 tokens
     with pytest.raises(ValueError, match="11 query tokens exceed the capacity of 10"):
         w.plan(_qo_indptr((6, 5), "cpu"), indptr, indices, last, 4, 2, 64, 16)
@@ -227,18 +226,11 @@ def test_cuda_graph_capture_replay():
     out = torch.empty(max_tokens, hq, dim, dtype=dtype, device=dev)
     lse = torch.empty(max_tokens, hq, dtype=torch.float32, device=dev)
     for i, (kv_lens, qo_lens) in enumerate(plans):
-        indptr, indices, last = (t.to(dev) for t in _page_table(kv_lens, ps, num_pages, seed=i))
+        indptr, indices, last = (t.to(dev) for t in page_table(kv_lens, ps, num_pages, seed=i))
         qo = _qo_indptr(qo_lens, dev)
         w.plan(qo, indptr, indices, last, hq, hk, dim, ps, causal=True, q_data_type=dtype)
         if i == 0:
-            s = torch.cuda.Stream()
-            s.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(s):  # warm up (JIT compile) outside the capture
-                w.run(q, cache, out=out, lse=lse)
-            torch.cuda.current_stream().wait_stream(s)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
-                w.run(q, cache, out=out, lse=lse)
+            graph = capture_graph(lambda: w.run(q, cache, out=out, lse=lse))
         out.fill_(float("nan"))
         graph.replay()
         torch.cuda.synchronize()
