@@ -14,10 +14,9 @@ import numpy as np
 import torch
 
 from .._validate import check_tensor
-from ._plan import (DECODE_KV_DTYPES, FP8_KV_DTYPES, KV_DTYPES, AttentionPlan,
+from ._plan import (DECODE_KV_DTYPES, FP8_KV_DTYPES, KV_DTYPES, AttentionPlan, PlannedWrapper,
                     attn_backend, check_heads, check_int, check_layout, check_page_table,
-                    check_scalars, check_single_kv, int32, kv_views, launch,
-                    unpack_paged_cache)
+                    check_scalars, check_single_kv, int32, kv_views, launch, unpack_paged_cache)
 from .decode_cuda import SUPPORTED_HEAD_DIMS as CUDA_HEAD_DIMS
 from .decode_cuda import check_cuda_decode
 from .graph import DecodeGraphBuffers, check_graph_buffer
@@ -139,7 +138,7 @@ def single_decode_with_kv_cache(q: torch.Tensor, k: torch.Tensor, v: torch.Tenso
     return (out[0], lse[0]) if return_lse else out[0]
 
 
-class BatchDecodeWithPagedKVCacheWrapper:
+class BatchDecodeWithPagedKVCacheWrapper(PlannedWrapper):
     """Batched decode over a paged KV cache (FlashInfer's wrapper of the same name).
 
     Parameters
@@ -176,13 +175,7 @@ class BatchDecodeWithPagedKVCacheWrapper:
                  paged_kv_indices_buffer: torch.Tensor | None = None,
                  paged_kv_last_page_len_buffer: torch.Tensor | None = None,
                  backend: str = "auto"):
-        check_tensor("float_workspace_buffer", float_workspace_buffer)
-        check_layout(kv_layout)
-        self._workspace = float_workspace_buffer
-        self._kv_layout = kv_layout
-        self._backend = attn_backend(backend, float_workspace_buffer.device, decode=True)
-        self._plan: AttentionPlan | None = None
-        self._graph: DecodeGraphBuffers | None = None
+        self._init_wrapper(float_workspace_buffer, kv_layout, backend, decode=True)
         bufs = (("paged_kv_indptr_buffer", paged_kv_indptr_buffer),
                 ("paged_kv_indices_buffer", paged_kv_indices_buffer),
                 ("paged_kv_last_page_len_buffer", paged_kv_last_page_len_buffer))
@@ -199,15 +192,7 @@ class BatchDecodeWithPagedKVCacheWrapper:
                              f"entries (max_batch from paged_kv_last_page_len_buffer), got "
                              f"{paged_kv_indptr_buffer.numel()}")
         self._graph = DecodeGraphBuffers(paged_kv_indptr_buffer, paged_kv_indices_buffer,
-                                    paged_kv_last_page_len_buffer)
-
-    @property
-    def is_cuda_graph_enabled(self) -> bool:
-        return self._graph is not None
-
-    @property
-    def device(self) -> torch.device:
-        return self._workspace.device
+                                         paged_kv_last_page_len_buffer)
 
     def plan(self, indptr: torch.Tensor, indices: torch.Tensor, last_page_len: torch.Tensor,
              num_qo_heads: int, num_kv_heads: int, head_dim: int, page_size: int, *,

@@ -12,9 +12,9 @@ import numpy as np
 import torch
 
 from .._validate import check_tensor
-from ._plan import (KV_DTYPES, AttentionPlan, attn_backend, check_heads, check_indptr, check_int,
-                    check_layout, check_page_table, check_scalars, check_single_kv, int32,
-                    items_tensor, kv_views, launch)
+from ._plan import (KV_DTYPES, AttentionPlan, PlannedWrapper, attn_backend, check_heads,
+                    check_indptr, check_int, check_layout, check_page_table, check_scalars,
+                    check_single_kv, int32, items_tensor, kv_views, launch)
 from .decode import as_dtype, check_outputs, check_run_inputs
 from .graph import PrefillGraphBuffers, check_graph_buffer
 from .items import prefill_item_cols, prefill_items, prefill_tile
@@ -89,19 +89,13 @@ def single_prefill_with_kv_cache(q: torch.Tensor, k: torch.Tensor, v: torch.Tens
     return (out, lse) if return_lse else out
 
 
-class _PrefillWrapper:
+class _PrefillWrapper(PlannedWrapper):
     def _setup(self, float_workspace_buffer, kv_layout, use_cuda_graph, backend, bufs: dict,
                masks: dict, batch_buf: str):
         """``bufs``: the graph buffers by FlashInfer's names (qo_indptr first, then the KV
         indptr, then indices and last_page_len for a paged cache); max_batch is the length of
         ``batch_buf`` (minus 1 for an indptr)."""
-        check_tensor("float_workspace_buffer", float_workspace_buffer)
-        check_layout(kv_layout)
-        self._workspace = float_workspace_buffer
-        self._kv_layout = kv_layout
-        self._backend = attn_backend(backend, float_workspace_buffer.device)
-        self._plan: AttentionPlan | None = None
-        self._graph: PrefillGraphBuffers | None = None
+        self._init_wrapper(float_workspace_buffer, kv_layout, backend)
         if not use_cuda_graph:
             return
         for name, buf in bufs.items():
@@ -118,14 +112,6 @@ class _PrefillWrapper:
                 raise ValueError(f"{name} must have max_batch + 1 = {max_batch + 1} entries "
                                  f"(max_batch from {batch_buf}), got {buf.numel()}")
         self._graph = PrefillGraphBuffers(bufs, batch_buf, cm, mi)
-
-    @property
-    def is_cuda_graph_enabled(self) -> bool:
-        return self._graph is not None
-
-    @property
-    def device(self) -> torch.device:
-        return self._workspace.device
 
     def _common(self, qo_indptr, num_qo_heads, num_kv_heads, head_dim, causal, window_left,
                 logits_soft_cap, sm_scale, q_data_type, kv_data_type, variant):
