@@ -12,9 +12,10 @@ import functools
 import torch
 
 from flashkit import jit
+from flashkit.jit.env import interpreted_bf16_dot_upcast
 
+from .._triton import pow2
 from .variants import AttentionVariant
-from .._triton import dot_dtype, pow2
 
 _MERGE_MAX_BLOCK_ELEMS = 2048  # as merge_state_triton: 16 fp32 accumulators per thread at 4 warps
 
@@ -75,9 +76,8 @@ def attention_fwd_triton(q, k, v, o, lse, items, n_items_pad, n_programs, qo_ind
         GROUP=group, PAGE_SIZE=page_size, PAGED=paged, CAUSAL=causal and mask is None,
         HAS_WINDOW=window_left >= 0, SOFT_CAP=bool(soft_cap), HAS_MASK=mask is not None,
         BLOCK_M=block_m, BLOCK_N=block_n,
-        # Triton 3.9's interpreter multiplies bf16 dot operands as their uint16 bit patterns
-        # (a 16x16 dot came out 2e10 off); on the CPU the operands are upcast instead.
-        DOT_F32=dot_dtype(q.dtype) == "tl.float32" and q.dtype == torch.bfloat16,
+        # bf16 dots run in float32 under the interpreter only (jit.env.interpreted_bf16_dot_upcast).
+        DOT_F32=q.dtype == torch.bfloat16 and interpreted_bf16_dot_upcast(),
         HAS_COUNT=num_items is not None, num_warps=warps,
     )
 
