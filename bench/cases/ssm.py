@@ -68,6 +68,14 @@ def m1_bytes(batch, seqlen, dim=M1_DIM, n=M1_DSTATE, elt=2):
     return batch * seqlen * (4 * dim + 2 * n) * elt + batch * dim * n * 4
 
 
+def _reference_baseline(reference, tokens: int) -> tuple[dict, dict]:
+    """(baselines, skipped) holding the sequential torch reference, timed only up to
+    REF_MAX_TOKENS tokens (it loops over every token on the host)."""
+    if tokens <= REF_MAX_TOKENS:
+        return {"torch-reference": reference}, {}
+    return {}, {"torch-reference": f"sequential: {tokens} tokens > {REF_MAX_TOKENS}"}
+
+
 def _cuda(device):
     return str(device).startswith("cuda")
 
@@ -107,11 +115,7 @@ def _ssd_setup(batch, seqlen, heads, p, n, g, ckpt, device, quick) -> Setup:
         y, final, _ = naive_ssd_scan(x, dt, A, B, C, D, z, bias, True)
         return y.to(x.dtype), final
 
-    impls, baselines, skipped = {}, {}, {}
-    if batch * seqlen <= REF_MAX_TOKENS:
-        baselines["torch-reference"] = reference
-    else:
-        skipped["torch-reference"] = f"sequential: {batch * seqlen} tokens > {REF_MAX_TOKENS}"
+    impls, (baselines, skipped) = {}, _reference_baseline(reference, batch * seqlen)
     if _cuda(device):
         impls["flashkit-triton"] = functools.partial(flashkit, "triton")
         try:
@@ -253,11 +257,7 @@ def _m1_setup(batch, seqlen, dim, n, device, quick) -> Setup:
         y, last, _ = naive_selective_scan(u, delta, A, B, C, D, z, bias, True)
         return y.to(u.dtype), last
 
-    impls, baselines, skipped = {}, {}, {}
-    if batch * seqlen <= REF_MAX_TOKENS:
-        baselines["torch-reference"] = reference
-    else:
-        skipped["torch-reference"] = f"sequential: {batch * seqlen} tokens > {REF_MAX_TOKENS}"
+    impls, (baselines, skipped) = {}, _reference_baseline(reference, batch * seqlen)
     if _cuda(device):
         impls["flashkit-triton"] = functools.partial(flashkit, "triton")
         try:
