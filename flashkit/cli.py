@@ -147,6 +147,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_cache_parsers(sub)  # cache-sim, cache-trace
 
+    from .debloat.cli import add_parser as add_debloat_parser
+
+    add_debloat_parser(sub)  # debloat inspect | prune | trace
+
     demo = sub.add_parser("demo", help="run every op on the best device against its reference")
     demo.add_argument("--full", action="store_true", help="larger shapes and timings")
     demo.set_defaults(fn=_cmd_demo)

@@ -1,0 +1,110 @@
+"""What GPU code a shared library carries: bytes per arch, cubins, PTX and the kernels in each."""
+from __future__ import annotations
+
+import os
+import sysconfig
+from pathlib import Path
+
+from .cubin import cubin_kernels, ptx_kernels
+from .demangle import demangle
+from .elf import HostLibrary
+from .fatbin import FatbinError, payload
+
+
+def inspect_library(path: str | os.PathLike, kernels: bool = True) -> dict:
+    """Describe the fatbins of the shared library ``path``.
+
+    Parameters
+    ----------
+    path : str or PathLike
+        An ELF64 shared object (or executable).
+    kernels : bool
+        Also decompress each cubin and PTX entry and list its kernels (default). ``False``
+        reads headers only.
+
+    Returns
+    -------
+    dict
+        ``path``, ``file_bytes``, ``gpu_bytes`` (bytes of all containers as stored),
+        ``gpu_share``, ``archs`` (``{arch: {"cubin": bytes, "ptx": bytes, "other": bytes,
+        "kernels": n}}``), ``sections``, ``entries`` (one dict per entry: ``section``,
+        ``container``, ``kind``, ``arch``, ``version``, ``flags``, ``unknown_flags``,
+        ``compression``, ``stored_bytes``, ``bytes`` uncompressed, ``kernels`` as
+        ``[{"name", "demangled", "size"}]``; PTX kernels have ``size`` None) and ``warnings``.
+
+    Raises
+    ------
+    FatbinError
+        (a ValueError) the file is not an ELF64 file, or a header, container or payload is bad.
+    """
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"path: expected a str or PathLike, got {type(path).__name__}")
+    with HostLibrary(path) as lib:
+        return _describe(lib, kernels)
+
+
+def _describe(lib: HostLibrary, kernels: bool) -> dict:
+    report = {"path": lib.path, "file_bytes": lib.size, "gpu_bytes": 0, "archs": {},
+              "sections": [], "entries": [], "warnings": []}
+    for sec in lib.fatbins:
+        report["sections"].append({"name": sec.name, "offset": sec.offset, "size": sec.size,
+                                   "containers": len(sec.containers)})
+        for ci, c in enumerate(sec.containers):
+            report["gpu_bytes"] += c.size
+            for e in c.entries:
+                where = f"{lib.path} {sec.name} entry at {e.offset:#x}"
+                row = {"section": sec.name, "container": ci, "offset": e.offset,
+                       "kind": e.kind, "arch": e.arch, "version": list(e.version),
+                       "flags": e.flags, "unknown_flags": e.unknown_flags,
+                       "compression": e.compression, "stored_bytes": e.size,
+                       "bytes": e.uncompressed_size or e.payload_size, "kernels": []}
+                if e.unknown_flags:
+                    report["warnings"].append(f"{where}: unknown flag bits {e.unknown_flags:#x}")
+                if kernels and e.kind in ("cubin", "ptx"):
+                    data = payload(lib.mm, e, where)
+                    if e.kind == "cubin":
+                        row["kernels"] = [{"name": n, "demangled": demangle(n), "size": size}
+                                          for n, size in cubin_kernels(data, where)]
+                    else:
+                        row["kernels"] = [{"name": n, "demangled": demangle(n), "size": None}
+                                          for n in ptx_kernels(data)]
+                    if isinstance(data, memoryview):
+                        data.release()
+                arch = report["archs"].setdefault(e.arch, {"cubin": 0, "ptx": 0, "other": 0,
+                                                           "kernels": 0})
+                arch[e.kind if e.kind in ("cubin", "ptx") else "other"] += e.size
+                if e.kind == "cubin":
+                    arch["kernels"] += len(row["kernels"])
+                report["entries"].append(row)
+    report["gpu_share"] = report["gpu_bytes"] / lib.size if lib.size else 0.0
+    return report
+
+
+def iter_shared_objects(root: str | os.PathLike):
+    """Every ELF shared object (``*.so``, ``*.so.N``) under ``root``, symlinks not followed."""
+    for dirpath, _dirs, files in os.walk(root):
+        for name in sorted(files):
+            if name.endswith(".so") or ".so." in name:
+                p = Path(dirpath, name)
+                if p.is_file() and not p.is_symlink():
+                    with open(p, "rb") as f:
+                        if f.read(4) == b"\x7fELF":
+                            yield p
+
+
+def inspect_site_packages(root: str | os.PathLike | None = None, kernels: bool = False
+                          ) -> list[dict]:
+    """`inspect_library` over every shared object under ``root`` (default: this interpreter's
+    site-packages), sorted by GPU bytes, largest first. Files that do not parse get a report
+    with ``error`` set instead of raising."""
+    root = Path(root if root is not None else sysconfig.get_paths()["purelib"])
+    if not root.is_dir():
+        raise ValueError(f"root: {root} is not a directory")
+    reports = []
+    for p in iter_shared_objects(root):
+        try:
+            reports.append(inspect_library(p, kernels=kernels))
+        except FatbinError as exc:
+            reports.append({"path": str(p), "file_bytes": p.stat().st_size, "gpu_bytes": 0,
+                            "gpu_share": 0.0, "archs": {}, "error": str(exc)})
+    return sorted(reports, key=lambda r: (-r["gpu_bytes"], r["path"]))
