@@ -90,7 +90,10 @@ class HostLibrary:
 
     def close(self) -> None:
         if getattr(self, "mm", None) is not None:
-            self.mm.close()
+            try:
+                self.mm.close()
+            except BufferError:  # a view is still held (an error's traceback): unmapped by GC
+                pass
             self.mm = None
         self.file.close()
 

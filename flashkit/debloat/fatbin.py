@@ -151,6 +151,7 @@ def payload(buf, entry: Entry, where: str):
     if method is None:
         return raw
     data = raw[:entry.compressed_size or entry.payload_size]
+    raw.release()
     try:
         if method == "lz4":
             import lz4.block
@@ -172,6 +173,8 @@ def payload(buf, entry: Entry, where: str):
     except Exception as exc:  # lz4/zstandard raise their own error types on corrupt frames
         raise FatbinError(f"{where}: entry at {entry.offset:#x}: {method} payload does not "
                           f"decompress ({exc})") from None
+    finally:
+        data.release()
     if len(out) != entry.uncompressed_size:
         raise FatbinError(f"{where}: entry at {entry.offset:#x} decompresses to {len(out)} bytes, "
                           f"its header says {entry.uncompressed_size}")

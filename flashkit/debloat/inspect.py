@@ -46,6 +46,7 @@ def inspect_library(path: str | os.PathLike, kernels: bool = True) -> dict:
 def _describe(lib: HostLibrary, kernels: bool) -> dict:
     report = {"path": lib.path, "file_bytes": lib.size, "gpu_bytes": 0, "archs": {},
               "sections": [], "entries": [], "warnings": []}
+    unknown: dict[int, list[int]] = {}
     for sec in lib.fatbins:
         report["sections"].append({"name": sec.name, "offset": sec.offset, "size": sec.size,
                                    "containers": len(sec.containers)})
@@ -59,7 +60,7 @@ def _describe(lib: HostLibrary, kernels: bool) -> dict:
                        "compression": e.compression, "stored_bytes": e.size,
                        "bytes": e.uncompressed_size or e.payload_size, "kernels": []}
                 if e.unknown_flags:
-                    report["warnings"].append(f"{where}: unknown flag bits {e.unknown_flags:#x}")
+                    unknown.setdefault(e.unknown_flags, []).append(e.offset)
                 if kernels and e.kind in ("cubin", "ptx"):
                     data = payload(lib.mm, e, where)
                     if e.kind == "cubin":
@@ -76,6 +77,10 @@ def _describe(lib: HostLibrary, kernels: bool) -> dict:
                 if e.kind == "cubin":
                     arch["kernels"] += len(row["kernels"])
                 report["entries"].append(row)
+    for bits, offsets in sorted(unknown.items()):
+        report["warnings"].append(f"{len(offsets)} entries carry unknown flag bits {bits:#x} "
+                                  f"(first at offset {offsets[0]:#x}); they are listed as "
+                                  "parsed, the bits not interpreted")
     report["gpu_share"] = report["gpu_bytes"] / lib.size if lib.size else 0.0
     return report
 
