@@ -77,8 +77,13 @@ def _write():
     os.replace(tmp, os.path.join(out_dir, f"{os.getpid()}.json"))
 
 
+def installed():
+    return _state.get("installed", False)
+
+
 def install():
     """Start collecting (called from the generated sitecustomize)."""
+    _state["installed"] = True
     if os.environ.get("FLASHKIT_TRACE_KERNELS") == "1":
         _start_profiler()
     atexit.register(_write)  # after torch's import: atexit runs it before torch's own handlers

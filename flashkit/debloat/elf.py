@@ -16,7 +16,7 @@ import os
 import struct
 from dataclasses import dataclass, field
 
-from .fatbin import CONTAINER, Container, FatbinError, parse_containers
+from .fatbin import CONTAINER, CONTAINER_MAGIC, Container, FatbinError, parse_containers
 
 FATBIN_SECTIONS = (".nv_fatbin", "__nv_relfatbin")
 WRAPPER_SECTION = ".nvFatBinSegment"
@@ -169,4 +169,35 @@ class HostLibrary:
             f.containers = parse_containers(self.mm, off, end, f"{self.path} {name}@{off:#x}")
             covered.add(off)
             found.append(f)
+        return found + self._scan(covered)
+
+    def _scan(self, covered: set[int]) -> list[FatbinSection]:
+        """Containers stored as plain data that no wrapper points to: libcufft 11 keeps its
+        270 MB of GPU code in `.ldata` and loads it itself. A magic counts only where a whole
+        container parses at an 8-aligned address; everything else is a coincidence."""
+        magic = struct.pack("<I", CONTAINER_MAGIC)
+        found = []
+        for i, s in enumerate(self.sections):
+            if (s.name in FATBIN_SECTIONS or s["sh_type"] != "SHT_PROGBITS"
+                    or not s["sh_flags"] & 2 or s["sh_flags"] & 4 or s["sh_size"] < 64):
+                continue
+            start, end = s["sh_offset"], s["sh_offset"] + s["sh_size"]
+            f = FatbinSection(s.name, i, start, 0, s["sh_addr"])
+            pos = self.mm.find(magic, start, end)
+            while pos >= 0:
+                nxt = pos + 4
+                if (s["sh_addr"] + pos - start) % 8 == 0 and pos not in covered:
+                    _, version, hsize, esize = CONTAINER.unpack_from(self.mm, pos)
+                    if version == 1 and hsize == CONTAINER.size and 0 < esize <= end - pos - hsize:
+                        try:
+                            c = parse_containers(self.mm, pos, pos + hsize + esize, "")
+                        except FatbinError:
+                            c = []
+                        if c and c[0].entries:
+                            f.containers += c
+                            nxt = pos + hsize + esize
+                pos = self.mm.find(magic, nxt, end)
+            if f.containers:
+                f.size = sum(c.size for c in f.containers)
+                found.append(f)
         return found

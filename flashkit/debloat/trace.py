@@ -21,19 +21,20 @@ from pathlib import Path
 LISTS = ("libraries", "kernels", "flashkit_uris")
 _SITECUSTOMIZE = """\
 import _flashkit_trace_collect
-_flashkit_trace_collect.install()
-# then whatever sitecustomize the environment had
-import importlib, os, sys
-_here = os.path.dirname(os.path.abspath(__file__))
-_saved = sys.path[:]
-sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _here]
-del sys.modules["sitecustomize"]
-try:
-    importlib.import_module("sitecustomize")
-except ImportError:
-    pass
-finally:
-    sys.path[:] = _saved
+if not _flashkit_trace_collect.installed():
+    _flashkit_trace_collect.install()
+    # then whatever sitecustomize the environment had
+    import importlib, os, sys
+    _here = os.path.realpath(os.path.dirname(os.path.abspath(__file__)))
+    _saved, _self = sys.path[:], sys.modules.pop("sitecustomize", None)
+    sys.path[:] = [p for p in sys.path if os.path.realpath(os.path.abspath(p or ".")) != _here]
+    try:
+        importlib.import_module("sitecustomize")
+    except ImportError:
+        pass
+    finally:
+        sys.path[:] = _saved
+        sys.modules["sitecustomize"] = _self  # the import statement running this looks it up
 """
 
 

@@ -114,3 +114,32 @@ def test_bad_arguments(tmp_path):
         inspect_library(3)
     with pytest.raises(ValueError, match="root"):
         inspect_site_packages(tmp_path / "missing")
+
+
+def test_containers_embedded_as_data(plain_lib, tmp_path):
+    """A container stored as plain data (libcufft keeps its GPU code in .ldata) is found by its
+    magic and parses; a stray magic that is not a whole container is ignored."""
+    import shutil
+
+    from flashkit.debloat.elf import HostLibrary
+
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if cc is None:
+        pytest.skip("no C compiler")
+    with HostLibrary(plain_lib) as h:
+        c = h.fatbins[0].containers[1]
+        blob = bytes(h.mm[c.offset:c.offset + c.size])
+    body = ",".join(str(b) for b in blob)
+    stray = "0x50,0xed,0x55,0xba,1,0,16,0,255,255,255,255,0,0,0,0"
+    (tmp_path / "blob.c").write_text(
+        f"__attribute__((aligned(8))) const unsigned char stray[] = {{{stray}}};\n"
+        f"__attribute__((aligned(8))) const unsigned char blob[] = {{{body}}};\n"
+        "const unsigned char* get_blob(void) { return blob; }\n")
+    lib = tmp_path / "libblob.so"
+    subprocess.run([cc, "-shared", "-fPIC", "-o", str(lib), str(tmp_path / "blob.c")],
+                   check=True, capture_output=True)
+    r = inspect_library(lib)
+    assert [s["name"] for s in r["sections"]] == [".rodata"]
+    expected = inspect_library(plain_lib)
+    assert [(e["kind"], e["arch"], e["kernels"]) for e in r["entries"]] == \
+        [(e["kind"], e["arch"], e["kernels"]) for e in expected["entries"] if e["container"] == 1]

@@ -80,3 +80,13 @@ def test_union_and_bad_files(tmp_path):
     assert main(["debloat", "trace", "-o", str(tmp_path / "t.json"), "--",
                  str(tmp_path / "no-such-binary")]) == 2
     assert main(["jit", "bundle", str(tmp_path / "b.tar.gz"), "--trace", str(bad)]) == 2
+
+
+def test_existing_sitecustomize_still_runs(tmp_path, monkeypatch):
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text("import os\nos.environ['FROM_SITECUSTOMIZE'] = '1'\n")
+    monkeypatch.setenv("PYTHONPATH", str(site))
+    code = "import os, sys; sys.exit(0 if os.environ.get('FROM_SITECUSTOMIZE') == '1' else 5)"
+    rc, trace = run_traced([sys.executable, "-c", code], tmp_path / "t.json", kernels=False)
+    assert rc == 0 and trace["processes"] == 1
