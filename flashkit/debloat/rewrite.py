@@ -13,8 +13,10 @@ reaches without relocations, so the virtual layout is kept and only file bytes g
    stay congruent to addresses as the loader requires;
 3. when the segment holding the section has content after it, the segment is split in two
    PT_LOADs around the hole. The program header table then needs one more entry, so it moves
-   into the freed space right after the new fatbin, inside the first half (loaded, as PT_PHDR
-   requires).
+   to the old section's last bytes, where the second half begins (glibc finds it there: it is
+   inside a loaded segment, as PT_PHDR requires). binutils' strip and objcopy always put the
+   table right after the ELF header, where the larger one no longer fits, and produce a broken
+   file: strip before pruning, not after.
 
 Anything that would make this unsafe is refused with a `FatbinError`: a container no wrapper
 points to, another relocation into the section, a section or segment straddling the cut.
@@ -73,15 +75,19 @@ def rewrite_fatbin(lib: HostLibrary, keep: dict[int, list[Entry]], out_path: str
     sec_end = sec.offset + sec.size
     tail = seg["p_offset"] + seg["p_filesz"] > sec_end  # segment content after the section
     phnum = ehdr["e_phnum"] + (1 if tail else 0)
-    phdr_at = _round_up(pos, 8) if tail else None
-    keep_end = phdr_at + phnum * PHDR.size if tail else pos
-    cut_start = _round_up(keep_end, align)
+    cut_start = _round_up(pos, align)
     later = [s["sh_offset"] for s in lib.sections
              if s["sh_type"] != "SHT_NOBITS" and s["sh_size"] and s["sh_offset"] >= sec_end]
     later += [p["p_offset"] for p in lib.segments if p["p_offset"] >= sec_end]
     later += [ehdr["e_shoff"]] if ehdr["e_shoff"] >= sec_end else []
-    nxt = min(later, default=lib.size)
-    delta = max(0, (nxt - cut_start) // align * align)
+    # With a tail, the second half opens with the (one entry longer) program header table,
+    # in the old section's last bytes, just before the content that follows.
+    limit = min(later, default=lib.size)
+    phdr_at = (limit - phnum * PHDR.size) // 8 * 8 if tail else None
+    if tail and phdr_at < pos:
+        phdr_at = None
+    delta = max(0, ((phdr_at if tail else limit) - cut_start) // align * align) \
+        if not tail or phdr_at is not None else 0
     if delta == 0:  # nothing to gain at this alignment: the packed section, the same file size
         tail, phdr_at, cut_start = False, None, lib.size
     cut_end = cut_start + delta
@@ -99,11 +105,11 @@ def rewrite_fatbin(lib: HostLibrary, keep: dict[int, list[Entry]], out_path: str
     out_phdrs = []
     for h in phdrs:
         if h[2] == seg["p_offset"] and h[0] == PT_LOAD and h[3] == seg["p_vaddr"]:
-            head = keep_end - h[2]
-            if tail and delta:
-                rest = cut_end - h[2]
+            head = pos - h[2]
+            if tail:
+                rest = phdr_at - h[2]
                 out_phdrs.append([PT_LOAD, h[1], h[2], h[3], h[4], head, head, h[7]])
-                out_phdrs.append([PT_LOAD, h[1], cut_start, h[3] + rest, h[4] + rest,
+                out_phdrs.append([PT_LOAD, h[1], phdr_at - delta, h[3] + rest, h[4] + rest,
                                   h[5] - rest, h[6] - rest, h[7]])
             elif delta:
                 out_phdrs.append([PT_LOAD, h[1], h[2], h[3], h[4], head, head, h[7]])
@@ -112,7 +118,7 @@ def rewrite_fatbin(lib: HostLibrary, keep: dict[int, list[Entry]], out_path: str
             continue
         if h[0] == PT_PHDR and phdr_at is not None:
             vaddr = seg["p_vaddr"] + phdr_at - seg["p_offset"]
-            out_phdrs.append([PT_PHDR, h[1], phdr_at, vaddr, vaddr, phnum * PHDR.size,
+            out_phdrs.append([PT_PHDR, h[1], phdr_at - delta, vaddr, vaddr, phnum * PHDR.size,
                               phnum * PHDR.size, h[7]])
             continue
         if h[2] < cut_start < h[2] + h[5]:
@@ -123,7 +129,7 @@ def rewrite_fatbin(lib: HostLibrary, keep: dict[int, list[Entry]], out_path: str
         buf[ehdr["e_phoff"]:ehdr["e_phoff"] + ehdr["e_phnum"] * PHDR.size] = bytes(
             ehdr["e_phnum"] * PHDR.size)
         buf[phdr_at:phdr_at + len(table)] = table
-        struct.pack_into("<Q", buf, 0x20, phdr_at)  # e_phoff
+        struct.pack_into("<Q", buf, 0x20, phdr_at - delta)  # e_phoff
         struct.pack_into("<H", buf, 0x38, len(out_phdrs))  # e_phnum
     else:
         buf[ehdr["e_phoff"]:ehdr["e_phoff"] + len(table)] = table
@@ -147,7 +153,7 @@ def rewrite_fatbin(lib: HostLibrary, keep: dict[int, list[Entry]], out_path: str
     with open(out_path, "wb") as f:
         f.write(memoryview(buf)[:cut_start])
         f.write(memoryview(buf)[cut_end:])
-    return {"cut_bytes": delta, "split": bool(tail and delta),
+    return {"cut_bytes": delta, "split": bool(tail),
             "moved_containers": sum(1 for o, n in new_offsets.items() if o != n)}
 
 

@@ -19,7 +19,13 @@ __global__ void add_one(float* x, int n) {
   int i = blockIdx.x * blockDim.x + threadIdx.x;
   if (i < n) x[i] += 1.f;
 }
+#include <stdexcept>
 extern "C" int host_add(int a, int b) { return a + b; }
+// unwinding needs .eh_frame_hdr, found through PT_GNU_EH_FRAME after the rewrite
+extern "C" int host_catch(int a, int b) {
+  try { if (a) throw std::runtime_error("caught"); } catch (const std::exception&) { return b; }
+  return 0;
+}
 extern "C" int launch_add_one(float* x, int n) { add_one<<<1, 32>>>(x, n); return 0; }
 """
 # Enough instantiations that the unit's cubins span several 4 KiB pages, so pruning them frees

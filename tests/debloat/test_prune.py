@@ -33,6 +33,7 @@ def test_arch_rule_round_trip(cuda_lib, cuobjdump, tmp_path):
         assert r["bytes_after"] <= r["bytes_before"]
     assert r["fatbin_after"] < r["fatbin_before"] and r["containers_without_code"] == 0
     assert call_host(out, "host_add", 2, 40) == 42 and call_host(out, "host_mul", 6, 7) == 42
+    assert call_host(out, "host_catch", 1, 7) == 7
 
 
 def test_keep_ptx_and_best_fit(plain_lib, cuobjdump, tmp_path):
