@@ -29,6 +29,7 @@ def _cxa_demangle():
     return None
 
 
+@functools.lru_cache(maxsize=1 << 16)  # a kernel's name repeats once per arch (up to 16)
 def demangle(name: str) -> str:
     """The demangled form of ``name``; ``name`` itself for C names or when it does not demangle."""
     if not name.startswith("_Z"):
