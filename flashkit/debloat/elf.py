@@ -23,7 +23,7 @@ WRAPPER_SECTION = ".nvFatBinSegment"
 WRAPPER = struct.Struct("<iiQQ")
 WRAPPER_MAGIC = 0x466243B1
 RELA = struct.Struct("<QQq")
-RELATIVE = {62: 8, 183: 1027}  # e_machine -> R_*_RELATIVE: x86-64, aarch64
+RELATIVE = {"EM_X86_64": 8, "EM_AARCH64": 1027}  # R_X86_64_RELATIVE, R_AARCH64_RELATIVE
 
 
 @dataclass

@@ -168,6 +168,12 @@ def _repoint(lib: HostLibrary, sec, new_offsets: dict[int, int], buf: bytearray,
         if lo <= addend < hi and r_offset not in wrapper_fields:
             raise FatbinError(f"{where}: a relocation at {r_offset:#x} points into the section "
                               "from outside .nvFatBinSegment; refusing to move containers")
+    dynsym = lib.section(".dynsym")
+    for sym in dynsym.iter_symbols() if dynsym is not None else ():
+        # the first container never moves; anything else a symbol names might
+        if sym["st_shndx"] == sec.index and sym["st_value"] != sec.addr:
+            raise FatbinError(f"{where}: exported symbol {sym.name} points into the section; "
+                              "refusing to move containers")
     for addr, off in by_addr.items():
         if new_offsets[off] != off and addr not in wrapped:
             raise FatbinError(f"{where}: container at {off:#x} is not referenced from "
@@ -177,9 +183,7 @@ def _repoint(lib: HostLibrary, sec, new_offsets: dict[int, int], buf: bytearray,
         if off is None or new_offsets[off] == off:
             continue
         new_addr = sec.addr + new_offsets[off] - sec.offset
-        if struct.unpack_from("<Q", lib.mm, w.offset + 8)[0] not in (0, w.data_addr):
-            raise FatbinError(f"{where}: wrapper at {w.addr:#x} holds an unexpected pointer")
-        if struct.unpack_from("<Q", lib.mm, w.offset + 8)[0]:
+        if struct.unpack_from("<Q", lib.mm, w.offset + 8)[0]:  # in place (and RELR's addend)
             struct.pack_into("<Q", buf, w.offset + 8, new_addr)
         rela = relocs.get(w.addr + 8)
         if rela is not None:

@@ -107,6 +107,17 @@ def plain_lib(cuda_lib_dir):
     return _build(cuda_lib_dir, "plain")
 
 
+def loaded_containers(lib, fn: str = "host_add") -> list[list[tuple[str, str]]]:
+    """Per wrapper, the entries its relocated data pointer reaches in the loaded ``lib``."""
+    import json
+    from pathlib import Path
+
+    script = Path(__file__).with_name("loaded.py")
+    out = subprocess.run([sys.executable, str(script), str(lib), fn], check=True,
+                         capture_output=True, text=True).stdout
+    return [[tuple(e) for e in c] for c in json.loads(out)]
+
+
 def call_host(lib, fn: str, a: int, b: int) -> int:
     """Load ``lib`` in a fresh interpreter and call its extern "C" ``fn(a, b)``."""
     code = f"import ctypes; print(ctypes.CDLL({str(lib)!r}).{fn}({a}, {b}))"

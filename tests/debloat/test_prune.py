@@ -7,7 +7,7 @@ from flashkit.cli import main
 from flashkit.debloat import inspect_library, prune_library, select_entries
 from flashkit.debloat.fatbin import FatbinError
 
-from .conftest import call_host
+from .conftest import call_host, loaded_containers
 from .oracle import cuobjdump_entries, cuobjdump_kernels
 
 ALL = 7  # kernels per arch in the test library
@@ -34,6 +34,11 @@ def test_arch_rule_round_trip(cuda_lib, cuobjdump, tmp_path):
     assert r["fatbin_after"] < r["fatbin_before"] and r["containers_without_code"] == 0
     assert call_host(out, "host_add", 2, 40) == 42 and call_host(out, "host_mul", 6, 7) == 42
     assert call_host(out, "host_catch", 1, 7) == 7
+    # what the CUDA runtime will read: each wrapper's pointer, relocated by the loader, reaches
+    # a container holding exactly the kept entries
+    unit = [("cubin", "sm_80"), ("cubin", "sm_90"), ("ptx", "sm_90")]
+    assert loaded_containers(lib) == [[("cubin", "sm_80"), ("cubin", "sm_90")], unit, unit]
+    assert loaded_containers(out) == [[("cubin", "sm_90")]] * 3
 
 
 def test_keep_ptx_and_best_fit(plain_lib, cuobjdump, tmp_path):
@@ -63,6 +68,8 @@ def test_trace_rule_drops_unused_cubins(plain_lib, cuobjdump, tmp_path):
     assert r["kernels_kept"] == ["_Z7add_onePfi"]
     # the device-link stub (no kernels) stays; unit_b's cubin and PTX go
     assert cuobjdump_kernels(cuobjdump, out) == [("sm_90", []), ("sm_90", ["_Z7add_onePfi"])]
+    assert loaded_containers(out) == [[("cubin", "sm_90")], [("cubin", "sm_90"), ("ptx", "sm_90")],
+                                      []]
     assert cuobjdump_entries(cuobjdump, out) == [("cubin", "sm_90")] * 2 + [("ptx", "sm_90")]
     assert call_host(out, "host_mul", 3, 3) == 9
     assert [k for _, k, _ in _kinds(out)] == ["cubin", "cubin", "ptx"]
@@ -104,3 +111,29 @@ def test_bad_inputs(plain_lib, tmp_path, capsys):
                  str(tmp_path / "missing.json"), "-o", str(tmp_path / "o.so")]) == 2
     err = capsys.readouterr().err
     assert "arch" in err and "missing.json" in err and "Traceback" not in err
+
+
+def test_refuses_references_it_cannot_follow(plain_lib, tmp_path):
+    """Another pointer into .nv_fatbin, or a container no wrapper names: refused, not guessed."""
+    from flashkit.debloat.elf import RELA, WRAPPER_MAGIC, HostLibrary
+
+    with HostLibrary(plain_lib) as h:
+        sec = h.fatbins[0]
+        fields = {w.addr + 8 for w in h.wrappers}
+        other = next(at for r_offset, (at, _) in sorted(h.relative_relocations().items())
+                     if r_offset not in fields)
+        wrapper = h.wrappers[-1].offset
+    data = bytearray(plain_lib.read_bytes())
+    r_offset, r_info, _ = RELA.unpack_from(data, other)
+    RELA.pack_into(data, other, r_offset, r_info, sec.addr + 64)
+    bad = tmp_path / "reloc.so"
+    bad.write_bytes(bytes(data))
+    with pytest.raises(FatbinError, match="relocation .* points into the section"):
+        prune_library(bad, tmp_path / "o.so", "sm_90")
+
+    data = bytearray(plain_lib.read_bytes())
+    assert int.from_bytes(data[wrapper:wrapper + 4], "little") == WRAPPER_MAGIC
+    data[wrapper:wrapper + 4] = bytes(4)  # the last unit's wrapper is gone: its pointer is now
+    bad.write_bytes(bytes(data))          # a relocation from elsewhere, its container unnamed
+    with pytest.raises(FatbinError, match="refusing to move"):
+        prune_library(bad, tmp_path / "o.so", "sm_90")
