@@ -39,9 +39,9 @@ def _cmd_inspect(args) -> int:
     from .inspect import inspect_library, inspect_site_packages
 
     try:
-        if args.site_packages is not None or not args.libs:
-            if args.libs:
-                raise ValueError("pass libraries or --site-packages, not both")
+        if (args.site_packages is None) == (not args.libs):
+            raise ValueError("give libraries or --site-packages [DIR], not both or neither")
+        if args.site_packages is not None:
             reports = inspect_site_packages(args.site_packages or None, kernels=args.kernels)
         else:
             reports = []
@@ -58,7 +58,7 @@ def _cmd_inspect(args) -> int:
                   sys.stdout, indent=1)
         print()
         return 0
-    if args.site_packages is not None or not args.libs:
+    if args.site_packages is not None:
         gpu = [r for r in reports if r["gpu_bytes"]]
         print(f"{len(reports)} shared objects, {len(gpu)} with GPU code, "
               f"{_mib(sum(r['gpu_bytes'] for r in gpu))} of "

@@ -116,9 +116,13 @@ def iter_shared_objects(root: str | os.PathLike):
             if name.endswith(".so") or ".so." in name:
                 p = Path(dirpath, name)
                 if p.is_file() and not p.is_symlink():
-                    with open(p, "rb") as f:
-                        if f.read(4) == b"\x7fELF":
-                            yield p
+                    try:
+                        with open(p, "rb") as f:
+                            magic = f.read(4)
+                    except OSError:  # unreadable: not ours to report on
+                        continue
+                    if magic == b"\x7fELF":
+                        yield p
 
 
 def inspect_site_packages(root: str | os.PathLike | None = None, kernels: bool = False

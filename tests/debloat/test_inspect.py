@@ -109,7 +109,11 @@ def test_cli_json_and_text(plain_lib, capsys):
     assert "sm_90" in out and "void ns::poly<int, 64>(int*, int)" in out
 
 
-def test_bad_arguments(tmp_path):
+def test_bad_arguments(tmp_path, plain_lib, capsys):
+    assert main(["debloat", "inspect"]) == 2
+    assert main(["debloat", "inspect", str(plain_lib), "--site-packages"]) == 2
+    assert main(["debloat", "inspect", "--site-packages", str(tmp_path / "missing")]) == 2
+    assert "neither" in capsys.readouterr().err
     with pytest.raises(TypeError, match="path"):
         inspect_library(3)
     with pytest.raises(ValueError, match="root"):
