@@ -93,6 +93,9 @@ def _cmd_prune(args) -> int:
           f"(-{saved / max(r['bytes_before'], 1):.1%}); .nv_fatbin {_mib(r['fatbin_before'])} "
           f"-> {_mib(r['fatbin_after'])}; kept {r['entries_kept']} of {r['entries_before']} "
           f"entries, {len(r['kernels_kept'])} kernels")
+    if r["split"]:
+        print("note: the program header table grew by one entry; binutils strip/objcopy cannot "
+              "rewrite the result (strip before pruning)", file=sys.stderr)
     if r["containers_without_code"]:
         print(f"warning: {r['containers_without_code']} containers keep no code for {r['arch']} "
               "(their kernels will not launch there; --keep-ptx keeps a PTX fallback)",

@@ -90,3 +90,15 @@ def test_existing_sitecustomize_still_runs(tmp_path, monkeypatch):
     code = "import os, sys; sys.exit(0 if os.environ.get('FROM_SITECUSTOMIZE') == '1' else 5)"
     rc, trace = run_traced([sys.executable, "-c", code], tmp_path / "t.json", kernels=False)
     assert rc == 0 and trace["processes"] == 1
+
+
+def test_kernel_collection_without_a_gpu(tmp_path):
+    """With kernels on and no CUDA device the collector says so and records the rest."""
+    pytest.importorskip("torch")
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("has a GPU: the kernel path is exercised by the GPU procedure instead")
+    rc, trace = run_traced([sys.executable, "-c", "import json"], tmp_path / "t.json")
+    assert rc == 0 and trace["kernel_source"] == "unavailable (no CUDA device)"
+    assert trace["kernels"] == [] and trace["libraries"]
