@@ -31,6 +31,7 @@ FLAG_LINUX = 0x10
 FLAG_LZ4 = 0x2000
 FLAG_ZSTD = 0x8000
 FLAG_ARCH_SPECIFIC = 0x100000
+MAX_RATIO = 1024
 KNOWN_FLAGS = FLAG_64BIT | FLAG_DEBUG | FLAG_LINUX | FLAG_LZ4 | FLAG_ZSTD | FLAG_ARCH_SPECIFIC
 
 
@@ -152,6 +153,12 @@ def payload(buf, entry: Entry, where: str):
         return raw
     data = raw[:entry.compressed_size or entry.payload_size]
     raw.release()
+    # LZ4 cannot exceed 255:1; cubins and PTX reach 32:1 at most (libcublasLt 12.9). A header
+    # claiming more is corrupt, and would have us allocate whatever it says.
+    if entry.uncompressed_size > max(1 << 20, MAX_RATIO * len(data)):
+        data.release()
+        raise FatbinError(f"{where}: entry at {entry.offset:#x} claims {entry.uncompressed_size} "
+                          f"bytes uncompressed from {entry.payload_size}; corrupt header")
     try:
         if method == "lz4":
             import lz4.block

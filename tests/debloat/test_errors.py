@@ -74,6 +74,20 @@ def test_big_sizes_and_bad_magic(plain_lib, tmp_path):
             inspect_library(bad)
 
 
+def test_implausible_uncompressed_size(plain_lib, tmp_path):
+    """A header claiming terabytes uncompressed is refused before anything is allocated."""
+    import struct
+
+    with HostLibrary(plain_lib) as h:
+        ptx = next(e for c in h.fatbins[0].containers for e in c.entries if e.compression)
+    data = bytearray(plain_lib.read_bytes())
+    struct.pack_into("<Q", data, ptx.offset + 56, 1 << 40)
+    bad = tmp_path / "huge.so"
+    bad.write_bytes(bytes(data))
+    with pytest.raises(FatbinError, match="corrupt header"):
+        inspect_library(bad)
+
+
 def test_not_cuda_and_not_elf(tmp_path, capsys):
     random_bytes = tmp_path / "random.so"
     random_bytes.write_bytes(random.Random(0).randbytes(5000))
