@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 __all__ = ["add_parser"]
@@ -80,7 +81,8 @@ def _cmd_prune(args) -> int:
     from .trace import read_traces
 
     try:
-        used = set(read_traces(args.trace)["kernels"]) if args.trace else None
+        trace = read_traces(args.trace) if args.trace else None
+        used = set(trace["kernels"]) if trace else None
         r = prune_library(args.lib, args.out, args.arch, keep_ptx=args.keep_ptx, used=used)
     except (ValueError, TypeError, OSError) as exc:
         print(f"flashkit debloat prune: {exc}", file=sys.stderr)
@@ -93,6 +95,10 @@ def _cmd_prune(args) -> int:
           f"(-{saved / max(r['bytes_before'], 1):.1%}); .nv_fatbin {_mib(r['fatbin_before'])} "
           f"-> {_mib(r['fatbin_after'])}; kept {r['entries_kept']} of {r['entries_before']} "
           f"entries, {len(r['kernels_kept'])} kernels")
+    if trace and os.path.basename(args.lib) not in {os.path.basename(p)
+                                                     for p in trace["libraries"]}:
+        print(f"warning: the traced run never loaded {os.path.basename(args.lib)}: every cubin "
+              "with kernels was dropped", file=sys.stderr)
     if r["split"]:
         print("note: the program header table grew by one entry; binutils strip/objcopy cannot "
               "rewrite the result (strip before pruning)", file=sys.stderr)

@@ -57,7 +57,7 @@ def test_keep_ptx_and_best_fit(plain_lib, cuobjdump, tmp_path):
     assert call_host(out, "host_add", 1, 1) == 2
 
 
-def test_trace_rule_drops_unused_cubins(plain_lib, cuobjdump, tmp_path):
+def test_trace_rule_drops_unused_cubins(plain_lib, cuobjdump, tmp_path, capsys):
     trace = tmp_path / "t.json"
     trace.write_text(json.dumps({"flashkit_trace": 1, "libraries": [], "flashkit_uris": [],
                                  "kernels": ["add_one(float*, int)"]}))  # as the profiler names it
@@ -66,6 +66,7 @@ def test_trace_rule_drops_unused_cubins(plain_lib, cuobjdump, tmp_path):
                  "--keep-ptx", "-o", str(out), "--json", str(tmp_path / "r.json")]) == 0
     r = json.loads((tmp_path / "r.json").read_text())
     assert r["kernels_kept"] == ["_Z7add_onePfi"]
+    assert "never loaded libplain.so" in capsys.readouterr().err  # the trace lists no libraries
     # the device-link stub (no kernels) stays; unit_b's cubin and PTX go
     assert cuobjdump_kernels(cuobjdump, out) == [("sm_90", []), ("sm_90", ["_Z7add_onePfi"])]
     assert loaded_containers(out) == [[("cubin", "sm_90")], [("cubin", "sm_90"), ("ptx", "sm_90")],
