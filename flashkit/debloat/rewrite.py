@@ -80,14 +80,13 @@ def rewrite_fatbin(lib: HostLibrary, keep: dict[int, list[Entry]], out_path: str
              if s["sh_type"] != "SHT_NOBITS" and s["sh_size"] and s["sh_offset"] >= sec_end]
     later += [p["p_offset"] for p in lib.segments if p["p_offset"] >= sec_end]
     later += [ehdr["e_shoff"]] if ehdr["e_shoff"] >= sec_end else []
-    # With a tail, the second half opens with the (one entry longer) program header table,
-    # in the old section's last bytes, just before the content that follows.
     limit = min(later, default=lib.size)
-    phdr_at = (limit - phnum * PHDR.size) // 8 * 8 if tail else None
-    if tail and phdr_at < pos:
-        phdr_at = None
-    delta = max(0, ((phdr_at if tail else limit) - cut_start) // align * align) \
-        if not tail or phdr_at is not None else 0
+    phdr_at = None
+    if tail:  # the second half opens with the (one entry longer) program header table,
+        at = (limit - phnum * PHDR.size) // 8 * 8  # in the old section's last bytes
+        phdr_at = at if at >= pos else None
+    end = phdr_at if tail else limit
+    delta = max(0, (end - cut_start) // align * align) if end is not None else 0
     if delta == 0:  # nothing to gain at this alignment: the packed section, the same file size
         tail, phdr_at, cut_start = False, None, lib.size
     cut_end = cut_start + delta
