@@ -57,7 +57,8 @@ def survey_library(path: str, arch: str, scratch: str) -> dict:
            "prune": {k: pruned[k] for k in ("bytes_before", "bytes_after", "fatbin_before",
                                              "fatbin_after", "entries_before", "entries_kept",
                                              "containers_without_code", "split", "cut_bytes")},
-           "prune_s": round(prune_s, 3), "pruned_loads": _loads(out, os.path.dirname(os.path.abspath(path)))}
+           "prune_s": round(prune_s, 3),
+           "pruned_loads": _loads(out, os.path.dirname(os.path.abspath(path)))}
     os.remove(out)
     return row
 

@@ -1,4 +1,4 @@
-"""prune: parse -> prune -> parse keeps exactly what the rule says, shrinks the file, still loads."""
+"""prune: parse -> prune -> parse keeps exactly what the rule says, shrinks the file, loads."""
 import json
 
 import pytest
