@@ -107,7 +107,7 @@ class HostLibrary:
         return next((s for s in self.sections if s.name == name), None)
 
     def addr_to_offset(self, addr: int) -> tuple[int, int] | None:
-        """``(file offset, section index)`` of the loaded address ``addr``; None outside the file."""
+        """``(file offset, section index)`` of the loaded address ``addr``, or None."""
         for i, s in enumerate(self.sections):
             if (s["sh_flags"] & 2 and s["sh_type"] != "SHT_NOBITS"
                     and s["sh_addr"] <= addr < s["sh_addr"] + s["sh_size"]):
