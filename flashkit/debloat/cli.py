@@ -15,6 +15,17 @@ def _mib(n: int) -> str:
     return f"{n / 2**20:.1f} MiB"
 
 
+def _print_savings(r: dict, arch: str) -> None:
+    from .select import arch_savings
+
+    dropped = arch_savings(r, arch)
+    in_fatbin = arch_savings({"entries": [e for e in r["entries"]
+                                          if e["section"] == ".nv_fatbin"]}, arch)
+    print(f"  {arch} only: {_mib(dropped)} of entries not needed "
+          f"({dropped / max(r['file_bytes'], 1):.1%} of the file), {_mib(in_fatbin)} of them in "
+          ".nv_fatbin (what prune removes)")
+
+
 def _print_report(r: dict, kernels: bool) -> None:
     print(f"{r['path']}: {_mib(r['file_bytes'])}, GPU code {_mib(r['gpu_bytes'])} "
           f"({r['gpu_share']:.1%}) in {sum(s['containers'] for s in r['sections'])} containers, "
@@ -42,6 +53,10 @@ def _cmd_inspect(args) -> int:
     try:
         if (args.site_packages is None) == (not args.libs):
             raise ValueError("give libraries or --site-packages [DIR], not both or neither")
+        if args.arch:
+            from .select import parse_arch
+
+            parse_arch(args.arch, "--arch")
         if args.site_packages is not None:
             reports = inspect_site_packages(args.site_packages or None, kernels=args.kernels)
         else:
@@ -73,6 +88,8 @@ def _cmd_inspect(args) -> int:
         return 0
     for r in reports:
         _print_report(r, args.kernels)
+        if args.arch:
+            _print_savings(r, args.arch)
     return 0
 
 
@@ -137,6 +154,8 @@ def add_parser(subparsers) -> None:
                    help="every .so under DIR (default: this interpreter's site-packages)")
     i.add_argument("--json", action="store_true", help="print the full report as JSON")
     i.add_argument("--kernels", action="store_true", help="list every entry's kernels")
+    i.add_argument("--arch", help="also say what a deployment on this arch (e.g. sm_90) does not "
+                   "need")
     i.set_defaults(fn=_cmd_inspect)
 
     pr = sub.add_parser("prune", help="write a copy keeping one arch's (and a trace's) GPU code")

@@ -107,6 +107,14 @@ def test_cli_json_and_text(plain_lib, capsys):
     assert main(["debloat", "inspect", str(plain_lib), "--kernels"]) == 0
     out = capsys.readouterr().out
     assert "sm_90" in out and "void ns::poly<int, 64>(int*, int)" in out
+    assert main(["debloat", "inspect", str(plain_lib), "--arch", "sm_90"]) == 0
+    from flashkit.debloat import arch_savings
+
+    dropped = arch_savings(r, "sm_90")  # the sm_80 cubins and the PTX
+    assert dropped == sum(e["stored_bytes"] for e in r["entries"]
+                          if (e["kind"], e["arch"]) != ("cubin", "sm_90"))
+    assert f"sm_90 only: {dropped / 1024:.1f} KiB" in capsys.readouterr().out
+    assert main(["debloat", "inspect", str(plain_lib), "--arch", "hopper"]) == 2
 
 
 def test_bad_arguments(tmp_path, plain_lib, capsys):
