@@ -61,6 +61,11 @@ setup(
         "cuda-python>=12.6; platform_system == 'Linux'",
         "nvidia-cuda-nvrtc; platform_system == 'Linux'",
     ],
-    extras_require={"test": ["pytest>=8", "pytest-xdist>=3", "pytest-benchmark>=4"]},
+    extras_require={
+        "test": ["pytest>=8", "pytest-xdist>=3", "pytest-benchmark>=4",
+                 "pyelftools>=0.31", "lz4>=4", "zstandard>=0.22", "nvidia-cuda-cuobjdump"],
+        # flashkit.debloat: ELF headers, and the LZ4 / zstd compressed fatbin entries
+        "debloat": ["pyelftools>=0.31", "lz4>=4", "zstandard>=0.22"],
+    },
     entry_points={"console_scripts": ["flashkit = flashkit.cli:main"]},
 )

@@ -86,8 +86,24 @@ def _cmd_jit_bundle(args) -> int:
         uris = [e["uri"] for e in jit.list_entries()
                 if any(fnmatch.fnmatch(e["uri"], p) or fnmatch.fnmatch(e.get("name", ""), p)
                        for p in args.names)]
+    if args.trace:  # exactly the flashkit kernels a `flashkit debloat trace` recorded
+        from .debloat.trace import read_traces
+
+        try:
+            traced = set(read_traces(args.trace)["flashkit_uris"])
+        except ValueError as exc:
+            print(f"flashkit jit bundle: {exc}", file=sys.stderr)
+            return 2
+        uris = sorted(traced if uris is None else traced & set(uris))
     written = jit.export_bundle(args.path, uris=uris, since=since)
     print(f"wrote {len(written)} entries to {args.path}")
+    if args.trace:
+        from . import ops  # noqa: F401  (registers the shipped specializations)
+        from .jit.bundle import bundle_summary
+
+        targets = sorted({e["target"] for e in jit.list_entries()
+                          if e["uri"] in set(written) and e.get("target")})
+        print(bundle_summary(args.path, written, targets or _default_archs()))
     return 0 if written else 1
 
 
@@ -133,6 +149,8 @@ def build_parser() -> argparse.ArgumentParser:
     bundle.add_argument("names", nargs="*", help="uris or spec names (shell globs); default all")
     bundle.add_argument("--since-minutes", type=float,
                         help="only entries used in the last N minutes (e.g. by a workload)")
+    bundle.add_argument("--trace", action="append",
+                        help="only the flashkit uris of these `flashkit debloat trace` files")
     bundle.set_defaults(fn=_cmd_jit_bundle)
     unbundle = jit_sub.add_parser("unbundle", help="add a bundle's entries to the cache")
     unbundle.add_argument("path")
@@ -146,6 +164,10 @@ def build_parser() -> argparse.ArgumentParser:
     from .cache.cli import add_parser as add_cache_parsers
 
     add_cache_parsers(sub)  # cache-sim, cache-trace
+
+    from .debloat.cli import add_parser as add_debloat_parser
+
+    add_debloat_parser(sub)  # debloat inspect | prune | trace
 
     demo = sub.add_parser("demo", help="run every op on the best device against its reference")
     demo.add_argument("--full", action="store_true", help="larger shapes and timings")

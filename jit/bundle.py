@@ -85,3 +85,15 @@ def import_bundle(path: str | Path) -> list[str]:
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return added
+
+
+def bundle_summary(path: str | Path, uris: list[str], archs: list[str]) -> str:
+    """One line: the bundle's size and entries beside every shipped specialization for ``archs``
+    (how many there are, and the bytes of those already built in this cache)."""
+    from .registry import shipped_specs
+
+    shipped = {s.uri for s in shipped_specs(archs)}
+    cached = [e for e in list_entries() if e["uri"] in shipped]
+    return (f"bundle {Path(path).stat().st_size / 1024:.1f} KiB, {len(uris)} entries; shipped "
+            f"for {','.join(archs)}: {len(shipped)} specializations, {len(cached)} built here "
+            f"({sum(e['disk_bytes'] for e in cached) / 1024:.1f} KiB in the cache)")
