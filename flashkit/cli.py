@@ -214,7 +214,8 @@ def main(argv=None) -> int:
                         format="%(name)s: %(message)s")
     if args.verbose:
         logging.getLogger("flashkit").setLevel(logging.INFO)
-    prog = " ".join(["flashkit", args.command] + ([args.jit_command] if args.command == "jit" else []))
+    prog = " ".join(["flashkit", args.command]
+                    + ([args.jit_command] if args.command == "jit" else []))
     # The one place where a command's errors become exit statuses: each command raises, none
     # prints its own usage errors.
     try:

@@ -27,7 +27,8 @@ from typing import Any, Iterator
 
 __all__ = ["Snippet", "DTYPE_TAGS", "check_params", "check_flags"]
 
-IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# \Z, not $: "$" also matches before a trailing newline.
+IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 
 # The element types templates name: Triton's tl.* dtypes and the C++ types csrc/ defines.
 DTYPE_TAGS = frozenset(
@@ -71,7 +72,8 @@ class Snippet:
 
     def __post_init__(self):
         if self.kind not in ("statements", "expression"):
-            raise ValueError(f"Snippet kind must be 'statements' or 'expression', got {self.kind!r}")
+            raise ValueError(f"Snippet kind must be 'statements' or 'expression', got "
+                             f"{self.kind!r}")
         code = self.code
         if isinstance(code, str):
             text = textwrap.dedent(code).strip("\n")

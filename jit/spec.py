@@ -15,7 +15,12 @@ from .params import IDENTIFIER, check_flags, check_params
 from .render import included_headers, render
 
 BACKENDS = ("triton", "nvrtc", "ninja")
-_TARGET = re.compile(r"^sm_\d+a?$")
+_TARGET = re.compile(r"sm_\d{2,3}[af]?\Z")
+
+
+def _frozen(value):
+    """Lists (at any depth) as tuples: a spec is hashable."""
+    return tuple(_frozen(v) for v in value) if isinstance(value, (list, tuple)) else value
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,7 +84,7 @@ class KernelSpec:
         if not isinstance(params, Mapping):
             raise TypeError(f"KernelSpec.create params must be a mapping of name to value, got "
                             f"{type(params).__name__}")
-        params = {k: tuple(v) if isinstance(v, list) else v for k, v in params.items()}
+        params = {k: _frozen(v) for k, v in params.items()}
         if isinstance(kwargs.get("flags"), list):
             kwargs["flags"] = tuple(kwargs["flags"])
         if isinstance(kwargs.get("template_root"), Path):

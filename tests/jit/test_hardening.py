@@ -13,7 +13,7 @@ from flashkit import jit
 from flashkit.jit import KernelSpec, Snippet, cache
 from flashkit.jit.backends import ninja
 
-from .specs import TEMPLATES, ninja_spec, spec_for, triton_spec
+from .specs import TEMPLATES, ninja_spec, triton_spec
 
 
 def snippet_spec(*lines: str) -> KernelSpec:
