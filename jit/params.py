@@ -75,14 +75,17 @@ class Snippet:
             raise ValueError(f"Snippet kind must be 'statements' or 'expression', got "
                              f"{self.kind!r}")
         code = self.code
-        if isinstance(code, str):
-            text = textwrap.dedent(code).strip("\n")
-            lines = tuple(text.splitlines()) if text.strip() else ()
-        elif isinstance(code, tuple) and all(isinstance(ln, str) for ln in code):
-            lines = code
-        else:
+        if isinstance(code, tuple) and all(isinstance(ln, str) for ln in code):
+            for ln in code:
+                if _CONTROL.search(ln.replace("\t", " ")):
+                    raise ValueError(f"Snippet lines must not contain line breaks or control "
+                                     f"characters, got {ln!r}")
+            code = "\n".join(code)
+        elif not isinstance(code, str):
             raise TypeError(f"Snippet code must be a str or a tuple of str, got {code!r}")
-        for ln in lines:
+        text = textwrap.dedent(code).strip("\n")
+        lines = tuple(text.splitlines()) if text.strip() else ()
+        for ln in lines:  # a str's own lines: splitlines already split at \r, \x0c, \u2028, ...
             if _CONTROL.search(ln.replace("\t", " ")):
                 raise ValueError(f"Snippet lines must not contain line breaks or control "
                                  f"characters, got {ln!r}")
@@ -96,9 +99,11 @@ class Snippet:
                 raise ValueError(f"Snippet {lines[0]!r} is not a Python expression: "
                                  f"{exc.msg}") from None
             return
-        body = "".join(f"    {ln}\n" for ln in lines) or "    pass\n"
+        # Parsed as a template holds it: a body, then the function's own next line, which an
+        # unclosed bracket, a trailing backslash or a stray indent would break.
+        body = "".join(f"    {ln}\n" for ln in lines)
         try:
-            ast.parse("def _snippet():\n" + body)
+            ast.parse("def _snippet():\n" + body + "    pass\n")
         except SyntaxError as exc:
             raise ValueError(f"Snippet is not a valid function body: {exc.msg} (line "
                              f"{(exc.lineno or 2) - 1})") from None
