@@ -3,7 +3,9 @@
 Layout: ``<cache_root>/<target>/<uri>/`` holding the rendered source, the artifact, build.log and
 manifest.json (with the artifact's sha256). A build renders into a private temp folder next to
 the entry and renames it into place, so a reader sees a whole entry or none. A manifest that does
-not parse, or an artifact whose checksum differs, is a miss: the entry is rebuilt.
+not parse, or an artifact whose checksum differs, is a miss: the entry is rebuilt. Temp folders
+that a killed build left behind are removed by the next build in their folder; a build or load
+whose folder a ``clear`` removed starts over.
 """
 from __future__ import annotations
 
