@@ -9,14 +9,15 @@ whose folder a ``clear`` removed starts over.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import threading
-import re
 import time
 import uuid
 from pathlib import Path
@@ -170,19 +171,20 @@ def _sweep_stale(parent: Path, own_uri: str) -> None:
         m = _STALE.match(name)
         if m and not (m["pid"] and _pid_alive(int(m["pid"]))):
             stale.setdefault(m["uri"], []).append(parent / name)
+    removed = 0
     for uri, folders in stale.items():
-        if uri == own_uri:
-            for folder in folders:
-                shutil.rmtree(folder, ignore_errors=True)
-            continue
         try:
-            with FileLock(str(parent / f"{uri}.lock"), timeout=0):
+            # Our own lock is held already (a second FileLock on it would wait for ourselves).
+            lock = contextlib.nullcontext() if uri == own_uri else \
+                FileLock(str(parent / f"{uri}.lock"), timeout=0)
+            with lock:
                 for folder in folders:
                     shutil.rmtree(folder, ignore_errors=True)
+                    removed += 1
         except (Timeout, OSError):
             pass  # busy or unreadable: the next build sweeps it
-    if stale:
-        log.info("removed %d stale build folders in %s", sum(map(len, stale.values())), parent)
+    if removed:
+        log.info("removed %d stale build folders in %s", removed, parent)
 
 
 def _build_locked(spec: KernelSpec, entry: Path) -> BuildResult:
