@@ -142,6 +142,36 @@ def test_next_build_sweeps_temp_folders_of_dead_processes(isolated_cache):
     assert alive.is_dir()  # its process lives: it may still be building
 
 
+KILLED_BUILDER = """
+import sys, time
+from flashkit import jit
+from tests.jit.specs import triton_spec
+backend = jit.get_backend("triton")
+def stuck(self, spec, source_path, build_dir):
+    print("compiling", flush=True)
+    time.sleep(120)
+type(backend).compile = stuck
+jit.build(triton_spec(scale=12))
+"""
+
+
+def test_build_after_a_sigkilled_build_sweeps_its_temp_folder(isolated_cache):
+    spec = triton_spec(scale=12)
+    child = subprocess.Popen([sys.executable, "-c", KILLED_BUILDER], cwd=Path(__file__).parents[2],
+                             env={**os.environ, "FLASHKIT_CACHE_DIR": str(isolated_cache)},
+                             stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline().strip() == "compiling"
+    finally:
+        child.kill()  # SIGKILL: no cleanup handler runs
+        child.wait()
+    parent = jit.entry_dir(spec).parent
+    left = [p.name for p in parent.iterdir() if ".tmp-" in p.name]
+    assert len(left) == 1 and left[0].startswith(f".{spec.uri}.tmp-{child.pid}-"), left
+    assert jit.load(spec).SCALE == 12
+    assert [p.name for p in parent.iterdir() if ".tmp-" in p.name] == []
+
+
 def test_sweep_keeps_a_dead_pids_folder_whose_lock_is_held(isolated_cache):
     """A pid this process cannot see may live in another container: its lock decides."""
     from filelock import FileLock
