@@ -34,6 +34,7 @@ def _packages():
 
 
 PACKAGES, PACKAGE_DIR = _packages()
+DEBLOAT = ["pyelftools>=0.31", "lz4>=4", "zstandard>=0.22"]
 
 setup(
     name="flashkit",
@@ -62,10 +63,10 @@ setup(
         "nvidia-cuda-nvrtc; platform_system == 'Linux'",
     ],
     extras_require={
-        "test": ["pytest>=8", "pytest-xdist>=3", "pytest-benchmark>=4",
-                 "pyelftools>=0.31", "lz4>=4", "zstandard>=0.22", "nvidia-cuda-cuobjdump"],
         # flashkit.debloat: ELF headers, and the LZ4 / zstd compressed fatbin entries
-        "debloat": ["pyelftools>=0.31", "lz4>=4", "zstandard>=0.22"],
+        "debloat": DEBLOAT,
+        "test": ["pytest>=8", "pytest-xdist>=3", "pytest-benchmark>=4", "hypothesis>=6",
+                 *DEBLOAT, "nvidia-cuda-cuobjdump"],
     },
     entry_points={"console_scripts": ["flashkit = flashkit.cli:main"]},
 )

@@ -3,8 +3,11 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
+import re
 import sys
 import time
+import traceback
 
 
 def _cmd_doctor(args) -> int:
@@ -47,14 +50,11 @@ def _cmd_jit_build(args) -> int:
     from . import jit, ops  # noqa: F401  (ops registers the shipped specializations)
 
     if not args.all and not args.names:
-        print("flashkit jit build: name specs (globs over families or spec names) or pass --all",
-              file=sys.stderr)
-        return 2
-    archs = [a for arg in (args.arch or _default_archs()) for a in arg.split(",") if a]
+        raise ValueError("name specs (globs over families or spec names) or pass --all")
+    archs = [a for arg in (args.arch or [_default_archs()]) for a in arg]
     specs = jit.shipped_specs(archs, [] if args.all else args.names)
     if not specs:
-        print(f"no shipped specialization matches {args.names}", file=sys.stderr)
-        return 2
+        raise ValueError(f"no shipped specialization matches {' '.join(args.names)}")
     t0 = time.perf_counter()
     results = jit.build_many(specs, progress=sys.stderr.isatty())
     failed = [(s, r) for s, r in zip(specs, results) if isinstance(r, BaseException)]
@@ -73,6 +73,26 @@ def _cmd_jit_clear(args) -> int:
     n = jit.clear()
     print(f"removed {n} entries from {jit.cache_root()}")
     return 0
+
+
+def _arch_list(text: str) -> list[str]:
+    """``--arch sm_80,sm_90``: NVRTC targets, checked before anything builds."""
+    archs = [a.strip() for a in text.split(",") if a.strip()]
+    bad = [a for a in archs if not re.fullmatch(r"sm_\d{2,3}[af]?", a)]
+    if bad or not archs:
+        raise argparse.ArgumentTypeError(f"expected GPU archs like sm_80 or sm_80,sm_90, got "
+                                         f"{text!r}")
+    return archs
+
+
+def _minutes(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value >= 0):
+        raise argparse.ArgumentTypeError(f"expected a number of minutes >= 0, got {text!r}")
+    return value
 
 
 def _cmd_jit_bundle(args) -> int:
@@ -140,14 +160,14 @@ def build_parser() -> argparse.ArgumentParser:
     b = jit_sub.add_parser("build", help="prebuild shipped specializations")
     b.add_argument("names", nargs="*", help="families or spec names (shell globs)")
     b.add_argument("--all", action="store_true", help="every shipped specialization")
-    b.add_argument("--arch", action="append",
+    b.add_argument("--arch", action="append", type=_arch_list,
                    help="nvrtc target(s), e.g. sm_90 or sm_80,sm_90 (default: this GPU, else both)")
     b.set_defaults(fn=_cmd_jit_build)
     jit_sub.add_parser("clear", help="remove this version's cache").set_defaults(fn=_cmd_jit_clear)
     bundle = jit_sub.add_parser("bundle", help="pack cache entries into an AOT bundle (.tar.gz)")
     bundle.add_argument("path")
     bundle.add_argument("names", nargs="*", help="uris or spec names (shell globs); default all")
-    bundle.add_argument("--since-minutes", type=float,
+    bundle.add_argument("--since-minutes", type=_minutes,
                         help="only entries used in the last N minutes (e.g. by a workload)")
     bundle.add_argument("--trace", action="append",
                         help="only the flashkit uris of these `flashkit debloat trace` files")
@@ -172,7 +192,42 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="run every op on the best device against its reference")
     demo.add_argument("--full", action="store_true", help="larger shapes and timings")
     demo.set_defaults(fn=_cmd_demo)
+    _verbose_after_subcommands(p)
     return p
+
+
+def _verbose_after_subcommands(parser: argparse.ArgumentParser) -> None:
+    """Accept ``-v`` after a subcommand too (``flashkit jit build -v ...``), not only before it.
+    SUPPRESS keeps a subcommand's default from overwriting a ``-v`` given before it. Commands
+    that forward their arguments (bench) or define their own ``-v`` are left alone."""
+    for action in parser._actions:
+        if not isinstance(action, argparse._SubParsersAction):
+            continue
+        for sub in action.choices.values():
+            forwards = any(a.nargs == argparse.REMAINDER for a in sub._actions)
+            if not forwards and "-v" not in sub._option_string_actions:
+                sub.add_argument("-v", "--verbose", action="store_true",
+                                 default=argparse.SUPPRESS, help="log every JIT compile")
+            _verbose_after_subcommands(sub)
+
+
+def _exit_status(exc: BaseException) -> int | None:
+    """How a command's exception ends the process: 2 for bad input (a value, a file, the
+    environment, the cache), 1 for a kernel that does not compile, None for anything else,
+    which is a bug and keeps its traceback."""
+    from .jit.errors import JitCompileError, JitError
+
+    if isinstance(exc, JitCompileError):
+        return 1
+    if isinstance(exc, (JitError, ValueError, OSError)):
+        return 2
+    return None
+
+
+def _message(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.strerror:
+        return f"{exc.strerror}: {exc.filename}" if exc.filename else exc.strerror
+    return str(exc) or type(exc).__name__
 
 
 def main(argv=None) -> int:
@@ -181,4 +236,25 @@ def main(argv=None) -> int:
                         format="%(name)s: %(message)s")
     if args.verbose:
         logging.getLogger("flashkit").setLevel(logging.INFO)
-    return args.fn(args)
+    prog = " ".join(["flashkit", args.command]
+                    + ([args.jit_command] if args.command == "jit" else []))
+    # The one place where a command's errors become exit statuses: each command raises, none
+    # prints its own usage errors.
+    try:
+        from .jit.env import check_environment
+
+        check_environment()
+        return args.fn(args)
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        status = _exit_status(exc)
+        if status is None or args.verbose:
+            traceback.print_exc()
+        if status is None:
+            print(f"{prog}: internal error ({type(exc).__name__}: {exc}); this is a bug in "
+                  f"flashkit, please report it with the traceback above", file=sys.stderr)
+            return 1
+        print(f"{prog}: {_message(exc)}", file=sys.stderr)
+        return status

@@ -10,10 +10,11 @@ from .errors import (BackendUnavailableError, JitCacheError, JitCompileError,
                      JitDisabledError, JitError)
 from .registry import build_many, register_shipped, shipped_specs
 from .render import render
+from .params import Snippet
 from .spec import KernelSpec
 
 __all__ = [
-    "KernelSpec", "render", "load", "build", "build_many", "BuildResult", "entry_dir",
+    "KernelSpec", "Snippet", "render", "load", "build", "build_many", "BuildResult", "entry_dir",
     "list_entries", "cache_size", "clear", "cache_root", "jit_disabled", "get_backend",
     "register_shipped", "shipped_specs", "export_bundle", "import_bundle", "loaded_uris",
     "TEMPLATE_DIR", "CSRC_DIR", "JitError",

@@ -7,12 +7,15 @@ Entries carry their manifests, so an imported entry is verified like any other b
 """
 from __future__ import annotations
 
+import gzip
 import io
 import json
+import os
 import shutil
 import tarfile
 import time
 import uuid
+import zlib
 from pathlib import Path
 
 from flashkit._version import __version__
@@ -36,23 +39,58 @@ def export_bundle(path: str | Path, uris=None, since: float | None = None) -> li
                and (uris is None or e["uri"] in set(uris))
                and (since is None or e["last_used"] >= since)]
     root = cache_root()
-    with tarfile.open(path, "w:gz") as tar:
-        info = json.dumps({"flashkit": __version__, "created": time.time(),
-                           "entries": [e["uri"] for e in entries]}).encode()
-        member = tarfile.TarInfo(BUNDLE_INFO)
-        member.size = len(info)
-        tar.addfile(member, io.BytesIO(info))
-        for e in entries:
-            tar.add(e["path"], arcname=str(Path(e["path"]).relative_to(root)))
+    path = Path(path)
+    # Written beside the target and renamed: a failed export never leaves a truncated bundle.
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with tarfile.open(tmp, "w:gz") as tar:
+            info = json.dumps({"flashkit": __version__, "created": time.time(),
+                               "entries": [e["uri"] for e in entries]}).encode()
+            member = tarfile.TarInfo(BUNDLE_INFO)
+            member.size = len(info)
+            tar.addfile(member, io.BytesIO(info))
+            for e in entries:
+                tar.add(e["path"], arcname=str(Path(e["path"]).relative_to(root)))
+        os.replace(tmp, path)
+    except OSError as exc:
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass
+        raise OSError(exc.errno, f"cannot write the bundle ({exc.strerror or exc})",
+                      str(path)) from None
     return [e["uri"] for e in entries]
+
+
+# What a file that is not a whole gzip tarball raises while it is read.
+_UNREADABLE = (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile, UnicodeDecodeError)
 
 
 def import_bundle(path: str | Path) -> list[str]:
     """Unpack a bundle into this version's cache; entries already valid here are kept.
     Returns the uris added. Every entry is checked against its manifest's checksum first."""
     root = cache_root()
-    with tarfile.open(path, "r:gz") as tar:
+    try:
+        return _import(path, root)
+    except _UNREADABLE as exc:
+        raise JitCacheError(f"{path} is not a readable flashkit bundle (a .tar.gz from "
+                            f"`flashkit jit bundle`): {exc or type(exc).__name__}") from None
+
+
+def _bundle_info(tar: tarfile.TarFile, path) -> dict:
+    try:
         info = json.loads(tar.extractfile(BUNDLE_INFO).read())
+    except (KeyError, AttributeError, ValueError):
+        raise JitCacheError(f"{path} is a tarball but not a flashkit bundle (no valid "
+                            f"{BUNDLE_INFO})") from None
+    if not isinstance(info, dict):
+        raise JitCacheError(f"{path}: {BUNDLE_INFO} is not a JSON object")
+    return info
+
+
+def _import(path, root: Path) -> list[str]:
+    with tarfile.open(path, "r:gz") as tar:
+        info = _bundle_info(tar, path)
         if info.get("flashkit") != __version__:
             raise JitCacheError(f"{path} was made by flashkit {info.get('flashkit')}; this is "
                                 f"{__version__}, whose uris differ: rebuild the bundle")
@@ -65,9 +103,11 @@ def import_bundle(path: str | Path) -> list[str]:
             staging.mkdir(parents=True)
             safe = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
             tar.extractall(staging, **safe)
-        except OSError as exc:
+        except BaseException as exc:
             shutil.rmtree(staging, ignore_errors=True)
-            raise JitCacheError(f"cannot unpack {path} into {root}: {exc}") from None
+            if isinstance(exc, OSError) and not isinstance(exc, _UNREADABLE):
+                raise JitCacheError(f"cannot unpack {path} into {root}: {exc}") from None
+            raise
     added = []
     try:
         for manifest_path in sorted(staging.glob(f"*/*/{MANIFEST}")):

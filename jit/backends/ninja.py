@@ -10,6 +10,7 @@ import functools
 import importlib.machinery
 import importlib.util
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -55,6 +56,12 @@ def _cxx_version() -> str:
     return out.splitlines()[0] if out else cxx
 
 
+def _ninja_words(words) -> str:
+    """``words`` as one ninja variable value: each shell-quoted (ninja runs commands through
+    /bin/sh), then ``$`` escaped for ninja, so every flag and path stays exactly one argument."""
+    return " ".join(shlex.quote(str(w)) for w in words).replace("$", "$$")
+
+
 def _pybind11_include() -> str:
     import pybind11
 
@@ -96,9 +103,9 @@ class NinjaBackend(Backend):
             ldflags += ["-undefined", "dynamic_lookup"]
         (build_dir / "build.ninja").write_text(
             "ninja_required_version = 1.3\n"
-            f"cxx = {_cxx()}\n"
-            f"cflags = {' '.join(cflags)}\n"
-            f"ldflags = {' '.join(ldflags)}\n"
+            f"cxx = {_ninja_words([_cxx()])}\n"
+            f"cflags = {_ninja_words(cflags)}\n"
+            f"ldflags = {_ninja_words(ldflags)}\n"
             "rule cxx\n"
             "  command = $cxx -MMD -MF $out.d $cflags -c $in -o $out\n"
             "  depfile = $out.d\n"

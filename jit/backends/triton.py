@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import sys
+import tempfile
 import traceback
 from pathlib import Path
 
@@ -56,4 +57,63 @@ class TritonBackend(Backend):
         except BaseException:
             del sys.modules[module_name]
             raise
+        for value in vars(module).values():
+            if _is_triton_function(value):
+                _report_launch_errors(value, spec.uri, artifact)
         return module
+
+
+def _is_triton_function(value) -> bool:
+    from triton.runtime.jit import JITFunction
+
+    try:
+        from triton.runtime.interpreter import InterpretedFunction
+    except ImportError:  # pragma: no cover - older Triton
+        InterpretedFunction = JITFunction
+    return isinstance(value, (JITFunction, InterpretedFunction))
+
+
+def _launch_error_types() -> tuple:
+    """What Triton raises when a kernel's source is wrong: its compiler's CompilationError (an
+    undefined name, a type error: seen at the first launch on a GPU) and the interpreter's
+    InterpreterError (the same mistakes under TRITON_INTERPRET=1)."""
+    from triton.compiler.errors import CompilationError
+
+    types = [CompilationError]
+    try:
+        from triton.runtime.errors import InterpreterError
+
+        types.append(InterpreterError)
+    except ImportError:  # pragma: no cover - older Triton
+        pass
+    return tuple(types)
+
+
+def _report_launch_errors(fn, uri: str, source_path: Path) -> None:
+    """Make a compile error at launch a JitCompileError naming the uri, the rendered source and
+    a log, as a build error is. ``fn[grid](...)`` calls ``fn.run``; the class's ``run`` is looked
+    up at each call so that wrappers installed on the class later (triton_aot's recorder) still
+    apply."""
+    errors = _launch_error_types()
+
+    def run(*args, **kwargs):
+        try:
+            return type(fn).run(fn, *args, **kwargs)
+        except errors as exc:
+            text = "".join(traceback.format_exception(exc))
+            raise JitCompileError(uri, source_path, _write_launch_log(source_path, uri, text),
+                                  f"error: launching {fn.__name__}: {exc}\n{text}") from exc
+
+    fn.run = run
+
+
+def _write_launch_log(source_path: Path, uri: str, text: str) -> Path:
+    """launch.log beside the source, or in the temp folder when the cache is read-only."""
+    for folder in (source_path.parent, Path(tempfile.gettempdir())):
+        path = folder / ("launch.log" if folder == source_path.parent else f"{uri}.launch.log")
+        try:
+            path.write_text(text)
+            return path
+        except OSError:
+            continue
+    return source_path.parent / "launch.log"

@@ -26,7 +26,7 @@ def attention_triton_spec(head_dim: int, variant: AttentionVariant | None = None
     name = f"attention_triton_hd{head_dim}" + (f"_{variant.name}" if variant.name != "default" else "")
     return jit.KernelSpec.create(name, "triton", "attention/attention.py.j2", {
         "head_dim": head_dim, "block_d": pow2(head_dim), "variant_name": variant.name,
-        "logits_snippet": variant.triton_lines, "variant_params": variant.params,
+        "logits_snippet": jit.Snippet(variant.triton_lines), "variant_params": variant.params,
         "extra_params": variant.param_names})
 
 

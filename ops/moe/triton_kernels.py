@@ -34,7 +34,7 @@ def fused_moe_triton_spec(dtype: torch.dtype, activation: str) -> jit.KernelSpec
     return jit.KernelSpec.create(
         f"fused_moe_{dtype_tag(dtype)}_{activation}", "triton", "moe/fused_moe.py.j2",
         {"dot_dtype": dot_dtype(dtype), "dot_precision": precision, "activation": activation,
-         "activation_expr": _ACTIVATION_EXPR[activation]})
+         "activation_expr": jit.Snippet(_ACTIVATION_EXPR[activation], "expression")})
 
 
 def shipped_triton_specs() -> list[jit.KernelSpec]:

@@ -38,7 +38,7 @@ def apollo_step_triton_spec(scale_type: str, param_dtype: torch.dtype) -> jit.Ke
     return jit.KernelSpec.create(f"apollo_step_{scale_type}_{dtype}", "triton",
                                  "optim/apollo_step.py.j2",
                                  {"scale_type": scale_type, "param_dtype": dtype,
-                                  "scale_eps": repr(SCALE_EPS)})
+                                  "scale_eps": float(SCALE_EPS)})
 
 
 def shipped_triton_specs() -> list[jit.KernelSpec]:
