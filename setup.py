@@ -61,6 +61,10 @@ setup(
         "cuda-python>=12.6; platform_system == 'Linux'",
         "nvidia-cuda-nvrtc; platform_system == 'Linux'",
     ],
-    extras_require={"test": ["pytest>=8", "pytest-xdist>=3", "pytest-benchmark>=4"]},
+    # transformers 5.23+ needs kernels>=0.18.2; 5.22.2 is the newest whose kernels range
+    # (>=0.17.2,<0.18) resolves on our index, and without it the Mamba-2 hub hooks are inert.
+    extras_require={"test": ["pytest>=8", "pytest-xdist>=3", "pytest-benchmark>=4",
+                             "transformers==5.22.2", "kernels==0.17.2"],
+                    "transformers": ["transformers==5.22.2", "kernels==0.17.2"]},
     entry_points={"console_scripts": ["flashkit = flashkit.cli:main"]},
 )

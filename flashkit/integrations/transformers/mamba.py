@@ -35,6 +35,11 @@ def _unsupported(name: str, what: str) -> ValueError:
                       f"mapping to use mamba_ssm or transformers' torch path")
 
 
+def _dense(t):
+    """The ops read the last dim with stride 1; the models' split/transposed views may not."""
+    return t if t is None or t.stride(-1) == 1 else t.contiguous()
+
+
 def _backend() -> str:
     return "triton" if _state.backend() == "cuda" else _state.backend()
 
@@ -90,7 +95,8 @@ def mamba_chunk_scan_combined(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor
         dt_bias, dt_softplus = None, False
     want_final = bool(return_final_states) or varlen
     res = flashkit.chunk_ssd_scan(
-        x=x, dt=dt, A=A, B=B, C=C, chunk_size=int(chunk_size), D=D, z=z, dt_bias=dt_bias,
+        x=_dense(x), dt=_dense(dt), A=A, B=_dense(B), C=_dense(C), chunk_size=int(chunk_size),
+        D=D, z=_dense(z), dt_bias=dt_bias,
         dt_softplus=bool(dt_softplus), initial_states=initial_states, cu_seqlens=cu,
         return_final_states=want_final, backend=_backend())
     if not want_final:
@@ -140,7 +146,8 @@ def selective_state_update(state: torch.Tensor, x: torch.Tensor, dt: torch.Tenso
         if dt_bias is not None and dt_bias.dim() == 2:
             dt_bias = _per_head(name, "dt_bias", dt_bias, 1)
     return flashkit.selective_state_update(
-        state=state, x=x, dt=dt, A=A, B=B, C=C, D=D, z=z, dt_bias=dt_bias,
+        state=state, x=_dense(x), dt=_dense(dt), A=A, B=_dense(B), C=_dense(C), D=D, z=_dense(z),
+        dt_bias=dt_bias,
         dt_softplus=bool(dt_softplus), state_batch_indices=kwargs.get("state_batch_indices"),
         backend=_backend())
 
