@@ -44,7 +44,7 @@ def _run(model, ids, mask, tokens):
 
 
 @pytest.mark.parametrize("family, backend, tokens", [
-    ("mamba2", "torch", 32), ("bamba", "torch", 8), ("mamba2", "triton", 2)])
+    ("mamba2", "torch", 32), ("bamba", "torch", 32), ("mamba2", "triton", 2)])
 def test_logits_and_generate(family, backend, tokens, restore, monkeypatch):
     import flashkit
 
