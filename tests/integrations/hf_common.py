@@ -11,6 +11,11 @@ from flashkit.integrations import transformers as fk_hf  # noqa: E402
 
 from ..helpers import TOL  # noqa: E402
 
+# The Triton cases run the models on CPU tensors under the interpreter (tests/conftest.py sets
+# it without a GPU); on a GPU machine test_transformers_gpu.py runs the kernels instead.
+interpreter_only = pytest.mark.skipif(torch.cuda.is_available(),
+                                      reason="Triton on CPU tensors needs the interpreter")
+
 VOCAB = 96
 SMALL = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=64, num_hidden_layers=2,
              num_attention_heads=4, num_key_value_heads=2, head_dim=16,

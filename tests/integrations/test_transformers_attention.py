@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from .hf_common import (SMALL, TOL, VOCAB, assert_generate_equal, assert_logits_equal, fk_hf,
-                        padded_batch, transformers, twins)
+                        interpreter_only, padded_batch, transformers, twins)
 
 ATTN = dict(attn_implementation=fk_hf.NAME)
 
@@ -71,7 +71,7 @@ def _spy(fn, seen):
     return wrapped
 
 
-@pytest.mark.parametrize("backend", ["torch", "triton"])
+@pytest.mark.parametrize("backend", ["torch", pytest.param("triton", marks=interpreter_only)])
 def test_bf16_runs_the_wrappers(backend, monkeypatch):
     """bf16 goes through flashkit's wrappers (prefill, then decode steps); Triton under the
     interpreter on a 1-layer Gemma2 (soft cap + window)."""

@@ -3,8 +3,8 @@ Qwen3-MoE against their eager experts."""
 import pytest
 import torch
 
-from .hf_common import (SMALL, assert_generate_equal, assert_logits_equal, fk_hf, padded_batch,
-                        transformers, twins)
+from .hf_common import (SMALL, assert_generate_equal, assert_logits_equal, fk_hf,
+                        interpreter_only, padded_batch, transformers, twins)
 
 IMPL = dict(attn_implementation=fk_hf.NAME, experts_implementation=fk_hf.NAME)
 MOE = dict(num_local_experts=4, num_experts_per_tok=2)
@@ -42,6 +42,7 @@ def test_experts_logits_and_generate(family, monkeypatch):
     assert seen and set(seen) <= ptrs  # fused_moe read the parameters themselves: no copy
 
 
+@interpreter_only
 def test_triton_interpreter_mixtral():
     fk_hf.register(backend="triton")
     cfg = CONFIGS["mixtral"]()

@@ -5,7 +5,7 @@ class, so each test takes the eager result first and restores the originals afte
 import pytest
 import torch
 
-from .hf_common import TOL, VOCAB, fk_hf, padded_batch, transformers, twins
+from .hf_common import TOL, VOCAB, fk_hf, interpreter_only, padded_batch, transformers, twins
 
 pytest.importorskip("kernels")
 
@@ -44,7 +44,8 @@ def _run(model, ids, mask, tokens):
 
 
 @pytest.mark.parametrize("family, backend, tokens", [
-    ("mamba2", "torch", 32), ("bamba", "torch", 32), ("mamba2", "triton", 2)])
+    ("mamba2", "torch", 32), ("bamba", "torch", 32),
+    pytest.param("mamba2", "triton", 2, marks=interpreter_only)])
 def test_logits_and_generate(family, backend, tokens, restore, monkeypatch):
     import flashkit
 
