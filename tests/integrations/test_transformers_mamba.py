@@ -1,4 +1,4 @@
-"""Mamba-2 and a hybrid (Bamba) through the kernel hub: flashkit's chunk_ssd_scan,
+"""Mamba-2 and two hybrids (Bamba, FalconH1) through the kernel hub: flashkit's chunk_ssd_scan,
 selective_state_update, causal_conv1d and causal_conv1d_update under the names the models ask
 for, against the models' own torch path. kernelize swaps functions shared by every model of a
 class, so each test takes the eager result first and restores the originals after."""
@@ -18,6 +18,11 @@ CONFIGS = {
         num_attention_heads=4, num_key_value_heads=2, attn_layer_indices=[1], mamba_n_heads=8,
         mamba_d_head=16, mamba_n_groups=1, mamba_d_state=16, mamba_chunk_size=16,
         mamba_expand=2, max_position_embeddings=128),
+    "falcon_h1": lambda: transformers.FalconH1Config(
+        vocab_size=VOCAB, hidden_size=64, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=16, mamba_d_ssm=128,
+        mamba_n_heads=8, mamba_d_head=16, mamba_n_groups=1, mamba_d_state=16,
+        mamba_chunk_size=16, mamba_expand=2, max_position_embeddings=128),
 }
 
 
@@ -44,7 +49,7 @@ def _run(model, ids, mask, tokens):
 
 
 @pytest.mark.parametrize("family, backend, tokens", [
-    ("mamba2", "torch", 32), ("bamba", "torch", 32),
+    ("mamba2", "torch", 32), ("bamba", "torch", 32), ("falcon_h1", "torch", 32),
     pytest.param("mamba2", "triton", 2, marks=interpreter_only)])
 def test_logits_and_generate(family, backend, tokens, restore, monkeypatch):
     import flashkit
@@ -58,9 +63,9 @@ def test_logits_and_generate(family, backend, tokens, restore, monkeypatch):
     cfg = CONFIGS[family]()
     if backend == "triton":
         cfg.num_hidden_layers = 1
-    impl = dict(attn_implementation=fk_hf.NAME) if family == "bamba" else {}
+    impl = dict(attn_implementation=fk_hf.NAME) if family != "mamba2" else {}
     eager, ours = twins(cfg, **impl) if impl else twins(cfg, attn_implementation="eager")
-    # Bamba's padded rows: the torch scan path and flashkit's both mask pad tokens' inputs.
+    # The hybrids run left-padded (the models zero the pad tokens' SSM inputs on both paths).
     ids, mask = padded_batch(lens=(12, 12) if family == "mamba2" else (12, 9))
     want_logits, want = _run(eager, ids, mask, tokens)
     fk_hf.register(backend=backend)
