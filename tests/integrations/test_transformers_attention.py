@@ -178,3 +178,11 @@ def test_custom_mask_functions_raise():
 
     with pytest.raises(ValueError, match="custom mask functions"):
         padding_mask(1, 4, 4, use_vmap=True)
+
+
+def test_static_cache_raises_instead_of_reading_empty_slots():
+    eager, ours = twins(CONFIGS["llama"](), **ATTN)
+    ids, mask = padded_batch()
+    with pytest.raises(ValueError, match="StaticCache"):
+        ours.generate(ids, attention_mask=mask, max_new_tokens=2, do_sample=False,
+                      pad_token_id=0, cache_implementation="static")

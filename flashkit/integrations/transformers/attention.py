@@ -55,7 +55,12 @@ def padding_mask(batch_size: int, q_length: int, kv_length: int, q_offset=0, kv_
     if kwargs.get("use_vmap"):
         raise _unsupported("custom mask functions (or_mask_function / and_mask_function)")
     if attention_mask is None:
-        return None
+        # A static cache holds more KV slots than tokens seen: those past the query are empty.
+        seen = q_offset + q_length - int(kv_offset)
+        if isinstance(seen, int) and seen >= int(kv_length):
+            return None
+        cols = torch.arange(int(kv_length), device=kwargs.get("device", "cpu"))
+        return (cols[None, :] < seen).expand(batch_size, -1)
     if attention_mask.dim() != 2:
         raise _unsupported(f"a {attention_mask.dim()}-D attention_mask in the mask hook")
     mask = attention_mask.to(torch.bool)
@@ -220,9 +225,14 @@ def _padded(query, key, value, mask, opts, reference):
                            f"{kv_len} tokens")
     if opts["window_left"] >= 0 and mask is not None:
         _check_contiguous_runs(kv_valid)
-    q_valid = kv_valid[:, kv_len - q_len:] if q_len <= kv_len else None
-    if q_valid is None:
+    if q_len > kv_len:
         raise _unsupported(f"more query tokens ({q_len}) than KV tokens ({kv_len})")
+    if q_len < kv_len and not bool(kv_valid[:, -1].all()):
+        # The queries are taken as the newest KV tokens; a static cache's empty tail slots
+        # would put them elsewhere.
+        raise _unsupported("KV with empty slots after the query (a StaticCache); use the "
+                           "default DynamicCache")
+    q_valid = kv_valid[:, kv_len - q_len:]
     k_pages, m = _paged_view(key)
     v_pages, _ = _paged_view(value)
     indptr, indices, last = _page_table(kv_valid, m)
