@@ -113,3 +113,11 @@ def test_unsupported_raises():
     with pytest.raises(ValueError, match="dt that varies over headdim"):
         selective_state_update(state, torch.randn(1, 2, 3), dt, -torch.rand(2),
                                torch.randn(1, 1, 4), torch.randn(1, 1, 4))
+
+
+def test_kernelize_refuses_a_kernels_version_transformers_disables(monkeypatch):
+    from transformers.utils import import_utils
+
+    monkeypatch.setattr(import_utils, "is_kernels_available", lambda: False)
+    with pytest.raises(RuntimeError, match="disables its kernel hub"):
+        fk_hf.kernelize(torch.nn.Linear(2, 2))

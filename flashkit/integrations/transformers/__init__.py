@@ -88,8 +88,16 @@ def kernelize(model, *, mode=None):
     originals stay, flashkit's SSM ops having no backward). Returns the model.
     """
     import kernels
+    from transformers.utils import import_utils
 
     from .mamba import kernel_mapping
+
+    if not import_utils.is_kernels_available():
+        # transformers then makes its hub decorators no-ops: nothing could be swapped.
+        raise RuntimeError(
+            f"transformers disables its kernel hub for kernels {kernels.__version__} (it needs "
+            f">={import_utils.KERNELS_MIN_VERSION},<{import_utils.KERNELS_MAX_VERSION}); "
+            f"install flashkit[transformers] for a matching pair")
 
     mode = kernels.Mode.INFERENCE if mode is None else mode
     device = next(model.parameters()).device.type
