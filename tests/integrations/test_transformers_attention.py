@@ -96,13 +96,14 @@ def test_bf16_runs_the_wrappers(backend, monkeypatch):
     out = ours.generate(ids, attention_mask=mask, max_new_tokens=2, do_sample=False,
                         pad_token_id=0)
     assert out.shape == (2, 8)
-    assert {"BatchPrefillWithPagedKVCacheWrapper", "BatchDecodeWithPagedKVCacheWrapper"} <= set(calls)
+    assert {("BatchPrefillWithPagedKVCacheWrapper", backend),
+            ("BatchDecodeWithPagedKVCacheWrapper", backend)} <= set(calls)
 
 
 def _counting(cls, calls):
     class Counting(cls):
         def plan(self, *args, **kwargs):
-            calls.append(cls.__name__)
+            calls.append((cls.__name__, self._backend))
             return super().plan(*args, **kwargs)
     return Counting
 

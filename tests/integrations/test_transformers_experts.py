@@ -43,13 +43,19 @@ def test_experts_logits_and_generate(family, monkeypatch):
 
 
 @interpreter_only
-def test_triton_interpreter_mixtral():
+def test_triton_interpreter_mixtral(monkeypatch):
+    import flashkit
+
+    backends, real = [], flashkit.fused_moe
+    monkeypatch.setattr(flashkit, "fused_moe",
+                        lambda **kw: (backends.append(kw["backend"]), real(**kw))[1])
     fk_hf.register(backend="triton")
     cfg = CONFIGS["mixtral"]()
     cfg.num_hidden_layers = 1
     eager, ours = twins(cfg, dtype=torch.float32, experts_implementation=fk_hf.NAME)
     ids, mask = padded_batch(lens=(5, 3))
     assert_logits_equal(eager, ours, ids, mask)
+    assert backends and set(backends) == {"triton"}
 
 
 def test_transposed_layout_is_a_view():

@@ -59,7 +59,7 @@ def test_logits_and_generate(family, backend, tokens, restore, monkeypatch):
                  "causal_conv1d_update"):
         real = getattr(flashkit, name)
         monkeypatch.setattr(flashkit, name, lambda *a, _r=real, _n=name, **k: (
-            calls.append(_n), _r(*a, **k))[1])
+            calls.append((_n, k["backend"])), _r(*a, **k))[1])
     cfg = CONFIGS[family]()
     if backend == "triton":
         cfg.num_hidden_layers = 1
@@ -76,7 +76,8 @@ def test_logits_and_generate(family, backend, tokens, restore, monkeypatch):
     torch.testing.assert_close(got_logits[real], want_logits[real], **TOL[torch.float32])
     assert torch.equal(got, want)
     assert {"chunk_ssd_scan", "selective_state_update", "causal_conv1d",
-            "causal_conv1d_update"} <= set(calls)
+            "causal_conv1d_update"} <= {n for n, _ in calls}
+    assert {b for _, b in calls} == {backend}
 
 
 def test_dt_limit_and_seq_idx_semantics():

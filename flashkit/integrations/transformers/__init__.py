@@ -43,20 +43,22 @@ def _check_free(interface, ours) -> None:
                            f"implementation ({where}); flashkit will not replace it")
 
 
-def register(backend: str = "auto") -> None:
+def register(backend: str | None = None) -> None:
     """Register flashkit (as NAME, "fkit") with transformers (idempotent).
 
     Parameters
     ----------
-    backend : the ops' backend: "auto" (Triton on CUDA, the torch reference on CPU) | "torch"
-        | "triton" | "cuda" (the NVRTC decode kernel where one exists, Triton elsewhere)
+    backend : the ops' backend: "auto" (the first default: Triton on CUDA, the torch reference
+        on CPU) | "torch" | "triton" | "cuda" (the NVRTC decode kernel where one exists, Triton
+        elsewhere); None keeps the current one
 
     Raises
     ------
     RuntimeError
         if another "fkit" implementation is already registered with one of the hooks.
     """
-    _state.set_backend(backend)
+    if backend is not None:
+        _state.set_backend(backend)
     hooks = _hooks()
     for interface, fn in hooks:
         _check_free(interface, fn)

@@ -36,6 +36,8 @@ __all__ = ["attention_forward", "padding_mask"]
 MAX_HEAD_DIM = 512  # the attention plans' bound on head_dim (ops/attention/_plan.py)
 _WORKSPACE_BYTES = {"cuda": 128 << 20, "cpu": 8 << 20}  # FlashInfer's default is 128 MiB
 _workspaces: dict = {}
+_MAX_PLANS = 8  # a forward needs one per mask type (full / sliding): a few steps' worth
+_plans: dict = {}
 
 
 def _unsupported(what: str, instead: str = "'sdpa' or 'eager'") -> ValueError:
@@ -217,6 +219,30 @@ def _ragged(query, key, value, cu_q, cu_k, opts, reference):
 
 def _padded(query, key, value, mask, opts, reference):
     batch, heads, q_len, dim = query.shape
+    k_pages, m = _paged_view(key)
+    v_pages, _ = _paged_view(value)
+    # Every layer of a forward (of one mask type) plans the same batch: plan once, run per layer.
+    plan_key = (batch, q_len, key.shape[2], m, heads, key.shape[1], dim, query.dtype, key.dtype,
+                query.device, tuple(sorted(opts.items())), _state.attention_backend(), reference,
+                id(mask), getattr(mask, "_version", 0))
+    hit = _plans.get(plan_key)
+    if hit is None or hit[0] is not mask:
+        q_valid, table = _padded_table(query, key, mask, opts, m)
+        hit = (mask, q_valid, _planned(q_valid, table, k_pages.shape[2], heads, dim, query.dtype,
+                                       key.dtype, q_len == 1, opts, reference))
+        _plans[plan_key] = hit
+        while len(_plans) > _MAX_PLANS:
+            _plans.pop(next(iter(_plans)))
+    _, q_valid, run = hit
+    o = run(query.transpose(1, 2)[q_valid], k_pages, v_pages)  # the real query tokens only
+    out = query.new_zeros(batch, q_len, heads, dim)
+    out[q_valid] = o
+    return out
+
+
+def _padded_table(query, key, mask, opts, m):
+    """(q_valid bool [batch, q_len], (qo_indptr, indptr, indices, last_page_len))."""
+    batch, _, q_len, _ = query.shape
     kv_len = key.shape[2]
     kv_valid = (torch.ones(batch, kv_len, dtype=torch.bool, device=query.device) if mask is None
                 else mask.to(device=query.device, dtype=torch.bool))
@@ -233,17 +259,9 @@ def _padded(query, key, value, mask, opts, reference):
         raise _unsupported("KV with empty slots after the query (a StaticCache); use the "
                            "default DynamicCache")
     q_valid = kv_valid[:, kv_len - q_len:]
-    k_pages, m = _paged_view(key)
-    v_pages, _ = _paged_view(value)
-    indptr, indices, last = _page_table(kv_valid, m)
-    q_rows = query.transpose(1, 2)[q_valid]  # [nnz, H, D], the real query tokens
     qo_indptr = torch.zeros(batch + 1, dtype=torch.int32, device=query.device)
     qo_indptr[1:] = q_valid.sum(1).cumsum(0)
-    o = _paged_run(q_rows, qo_indptr, k_pages, v_pages, indptr, indices, last, q_len == 1,
-                   opts, reference)
-    out = query.new_zeros(batch, q_len, heads, dim)
-    out[q_valid] = o
-    return out
+    return q_valid, (qo_indptr, *_page_table(kv_valid, m))
 
 
 def _check_contiguous_runs(valid: torch.Tensor):
@@ -256,21 +274,24 @@ def _check_contiguous_runs(valid: torch.Tensor):
                            "row)")
 
 
-def _paged_run(q, qo_indptr, k_pages, v_pages, indptr, indices, last, decode, opts, reference):
+def _planned(q_valid, table, num_kv_heads, heads, dim, q_dtype, kv_dtype, decode, opts,
+             reference):
+    """run(q_rows, k_pages, v_pages) -> o over a page table planned once."""
     import flashkit
 
+    qo_indptr, indptr, indices, last = table
     if reference:
         from flashkit.ops.attention import naive_batch_attention, naive_gather_paged_kv
 
-        kv = naive_gather_paged_kv((k_pages, v_pages), indptr, indices, last)
-        return naive_batch_attention(q, qo_indptr, kv, **opts)[0]
-    heads, dim = q.shape[1], q.shape[2]
-    common = dict(num_qo_heads=heads, num_kv_heads=k_pages.shape[2], page_size=1,
-                  q_data_type=q.dtype, kv_data_type=k_pages.dtype,
-                  window_left=opts["window_left"], logits_soft_cap=opts["logits_soft_cap"],
-                  sm_scale=opts["sm_scale"])
-    ws = _workspace(q.device)
-    if decode and q.shape[0] == qo_indptr.shape[0] - 1:
+        def run_reference(q, k_pages, v_pages):
+            kv = naive_gather_paged_kv((k_pages, v_pages), indptr, indices, last)
+            return naive_batch_attention(q, qo_indptr, kv, **opts)[0]
+        return run_reference
+    common = dict(num_qo_heads=heads, num_kv_heads=num_kv_heads, page_size=1,
+                  q_data_type=q_dtype, kv_data_type=kv_dtype, window_left=opts["window_left"],
+                  logits_soft_cap=opts["logits_soft_cap"], sm_scale=opts["sm_scale"])
+    ws = _workspace(qo_indptr.device)
+    if decode and bool(q_valid.all()):
         w = flashkit.BatchDecodeWithPagedKVCacheWrapper(
             float_workspace_buffer=ws, kv_layout="NHD", backend=_state.attention_backend())
         w.plan(indptr=indptr, indices=indices, last_page_len=last, head_dim=dim, **common)
@@ -279,7 +300,7 @@ def _paged_run(q, qo_indptr, k_pages, v_pages, indptr, indices, last, decode, op
             float_workspace_buffer=ws, kv_layout="NHD", backend=_state.attention_backend())
         w.plan(qo_indptr=qo_indptr, paged_kv_indptr=indptr, paged_kv_indices=indices,
                paged_kv_last_page_len=last, head_dim_qk=dim, causal=opts["causal"], **common)
-    return w.run(q=q, paged_kv_cache=(k_pages, v_pages))
+    return lambda q, k_pages, v_pages: w.run(q=q, paged_kv_cache=(k_pages, v_pages))
 
 
 def _custom_mask(query, key, value, mask, opts, reference):
