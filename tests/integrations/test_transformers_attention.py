@@ -13,7 +13,8 @@ ATTN = dict(attn_implementation=fk_hf.NAME)
 # sliding_window 4 < the 12-token prompts, so the window cuts keys in prefill and decode.
 CONFIGS = {
     "llama": lambda: transformers.LlamaConfig(**SMALL),
-    "qwen3": lambda: transformers.Qwen3Config(**SMALL),
+    "qwen3": lambda: transformers.Qwen3Config(**SMALL, use_sliding_window=True, sliding_window=4,
+                                              max_window_layers=1),
     "mistral": lambda: transformers.MistralConfig(**SMALL, sliding_window=4),
     "gemma2": lambda: transformers.Gemma2Config(**SMALL, sliding_window=4,
                                                 attn_logit_softcapping=2.0,
@@ -93,9 +94,13 @@ def test_bf16_runs_the_wrappers(backend, monkeypatch):
         got = ours(ids, attention_mask=mask).logits.float()
     real = mask.bool()
     torch.testing.assert_close(got[real], want[real], atol=4e-2, rtol=4e-2)
-    out = ours.generate(ids, attention_mask=mask, max_new_tokens=2, do_sample=False,
-                        pad_token_id=0)
-    assert out.shape == (2, 8)
+    # Decode steps too: greedy tokens equal and each step's logits within the same bound.
+    kw = dict(attention_mask=mask, max_new_tokens=2, do_sample=False, pad_token_id=0,
+              output_logits=True, return_dict_in_generate=True)
+    want, got = eager.generate(ids, **kw), ours.generate(ids, **kw)
+    assert torch.equal(got.sequences, want.sequences)
+    for g, w in zip(got.logits, want.logits):
+        torch.testing.assert_close(g.float(), w.float(), atol=4e-2, rtol=4e-2)
     assert {("BatchPrefillWithPagedKVCacheWrapper", backend),
             ("BatchDecodeWithPagedKVCacheWrapper", backend)} <= set(calls)
 
