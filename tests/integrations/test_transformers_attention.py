@@ -187,7 +187,7 @@ def test_custom_mask_functions_raise():
 
 
 def test_static_cache_raises_instead_of_reading_empty_slots():
-    eager, ours = twins(CONFIGS["llama"](), **ATTN)
+    _, ours = twins(CONFIGS["llama"](), **ATTN)
     ids, mask = padded_batch()
     with pytest.raises(ValueError, match="StaticCache"):
         ours.generate(ids, attention_mask=mask, max_new_tokens=2, do_sample=False,

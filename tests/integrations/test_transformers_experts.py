@@ -10,8 +10,9 @@ IMPL = dict(attn_implementation=fk_hf.NAME, experts_implementation=fk_hf.NAME)
 MOE = dict(num_local_experts=4, num_experts_per_tok=2)
 CONFIGS = {
     "mixtral": lambda: transformers.MixtralConfig(**SMALL, **MOE),
-    "qwen3_moe": lambda: transformers.Qwen3MoeConfig(**SMALL, num_experts=4, num_experts_per_tok=2,
-                                                     moe_intermediate_size=32, decoder_sparse_step=1),
+    "qwen3_moe": lambda: transformers.Qwen3MoeConfig(
+        **SMALL, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32,
+        decoder_sparse_step=1),
 }
 
 

@@ -25,6 +25,7 @@ kernels take no float32: a float32 model on the CPU runs flashkit's float32 refe
 """
 from __future__ import annotations
 
+import itertools
 import math
 
 import torch
@@ -208,10 +209,11 @@ def _ragged(query, key, value, cu_q, cu_k, opts, reference):
         from flashkit.ops.attention import naive_batch_attention
 
         ptr = cu_k.tolist()
-        kv = [(k[a:b], v[a:b]) for a, b in zip(ptr[:-1], ptr[1:])]
+        kv = [(k[a:b], v[a:b]) for a, b in itertools.pairwise(ptr)]
         return naive_batch_attention(q, cu_q, kv, **opts)[0]
     w = flashkit.BatchPrefillWithRaggedKVCacheWrapper(
-        float_workspace_buffer=_workspace(q.device), kv_layout="NHD", backend=_state.attention_backend())
+        float_workspace_buffer=_workspace(q.device), kv_layout="NHD",
+        backend=_state.attention_backend())
     w.plan(qo_indptr=cu_q, kv_indptr=cu_k, num_qo_heads=q.shape[1], num_kv_heads=k.shape[1],
            head_dim_qk=q.shape[2], q_data_type=q.dtype, kv_data_type=k.dtype, **opts)
     return w.run(q=q, k=k, v=v)
