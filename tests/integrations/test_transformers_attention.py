@@ -192,3 +192,18 @@ def test_static_cache_raises_instead_of_reading_empty_slots():
     with pytest.raises(ValueError, match="StaticCache"):
         ours.generate(ids, attention_mask=mask, max_new_tokens=2, do_sample=False,
                       pad_token_id=0, cache_implementation="static")
+
+
+def test_cross_attention_with_encoder_padding():
+    """Non-causal, 3 queries over 7 keys of which row 1 has 4: every query row attends to its
+    row's real keys (the mask says nothing about the queries)."""
+    from flashkit.ops.attention import naive_single_attention
+
+    q, k, v = torch.randn(2, 4, 3, 16), torch.randn(2, 2, 7, 16), torch.randn(2, 2, 7, 16)
+    keep = torch.ones(2, 7, dtype=torch.bool)
+    keep[1, 4:] = False
+    out, _ = _call(query=q, key=k, value=v, attention_mask=keep, is_causal=False)
+    for b, n in ((0, 7), (1, 4)):
+        want, _ = naive_single_attention(q[b].transpose(0, 1), k[b, :, :n].transpose(0, 1),
+                                         v[b, :, :n].transpose(0, 1))
+        torch.testing.assert_close(out[b], want, **TOL[torch.float32])

@@ -253,14 +253,17 @@ def _padded_table(query, key, mask, opts, m):
                            f"{kv_len} tokens")
     if opts["window_left"] >= 0 and mask is not None:
         _check_contiguous_runs(kv_valid)
-    if q_len > kv_len:
+    if not opts["causal"]:  # queries need not be KV tokens (cross-attention): all rows run
+        q_valid = torch.ones(batch, q_len, dtype=torch.bool, device=query.device)
+    elif q_len > kv_len:
         raise _unsupported(f"more query tokens ({q_len}) than KV tokens ({kv_len})")
-    if q_len < kv_len and not bool(kv_valid[:, -1].all()):
+    elif q_len < kv_len and not bool(kv_valid[:, -1].all()):
         # The queries are taken as the newest KV tokens; a static cache's empty tail slots
         # would put them elsewhere.
         raise _unsupported("KV with empty slots after the query (a StaticCache); use the "
                            "default DynamicCache")
-    q_valid = kv_valid[:, kv_len - q_len:]
+    else:
+        q_valid = kv_valid[:, kv_len - q_len:]
     qo_indptr = torch.zeros(batch + 1, dtype=torch.int32, device=query.device)
     qo_indptr[1:] = q_valid.sum(1).cumsum(0)
     return q_valid, (qo_indptr, *_page_table(kv_valid, m))
