@@ -207,3 +207,18 @@ def test_cross_attention_with_encoder_padding():
         want, _ = naive_single_attention(q[b].transpose(0, 1), k[b, :, :n].transpose(0, 1),
                                          v[b, :, :n].transpose(0, 1))
         torch.testing.assert_close(out[b], want, **TOL[torch.float32])
+
+
+def test_padding_mask_slices_the_layers_kv_columns():
+    from flashkit.integrations.transformers.attention import padding_mask
+
+    m = torch.tensor([[0, 1, 1, 1, 1, 1], [0, 0, 0, 1, 1, 1]], dtype=torch.long)
+    assert padding_mask(2, 1, 6, attention_mask=m).tolist() == m.bool().tolist()
+    # a sliding-window cache layer holding the last 3 of 6 tokens: no padding left in them
+    assert padding_mask(2, 1, 3, kv_offset=3, attention_mask=m) is None
+    # a static cache of 8 slots: the 2 never written are not attended to
+    assert padding_mask(2, 1, 8, attention_mask=m)[:, 6:].any().item() is False
+    # no mask, a static cache: the slots past the tokens seen are masked
+    assert padding_mask(2, 1, 8, q_offset=5, attention_mask=None)[0].tolist() == [True] * 6 + [
+        False] * 2
+    assert padding_mask(2, 4, 4, q_offset=0, attention_mask=None) is None
