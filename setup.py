@@ -34,6 +34,9 @@ def _packages():
 
 
 PACKAGES, PACKAGE_DIR = _packages()
+# transformers 5.23+ needs kernels>=0.18.2; 5.22.2 is the newest whose kernels range
+# (>=0.17.2,<0.18) resolves on our index, and without it the Mamba-2 hub hooks are inert.
+TRANSFORMERS = ["transformers==5.22.2", "kernels==0.17.2"]
 DEBLOAT = ["pyelftools>=0.31", "lz4>=4", "zstandard>=0.22"]
 
 setup(
@@ -65,8 +68,9 @@ setup(
     extras_require={
         # flashkit.debloat: ELF headers, and the LZ4 / zstd compressed fatbin entries
         "debloat": DEBLOAT,
+        "transformers": TRANSFORMERS,
         "test": ["pytest>=8", "pytest-xdist>=3", "pytest-benchmark>=4", "hypothesis>=6",
-                 *DEBLOAT, "nvidia-cuda-cuobjdump"],
+                 *DEBLOAT, "nvidia-cuda-cuobjdump", *TRANSFORMERS],
     },
     entry_points={"console_scripts": ["flashkit = flashkit.cli:main"]},
 )

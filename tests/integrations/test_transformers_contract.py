@@ -1,0 +1,100 @@
+"""The hooks' contracts against the installed transformers and kernels: a release that renames
+or reorders what flashkit plugs into fails here, by name."""
+import inspect
+
+import pytest
+
+from .hf_common import transformers
+
+kernels = pytest.importorskip("kernels")
+
+P = inspect.Parameter
+
+
+def _params(fn):
+    return [(p.name, p.kind) for p in inspect.signature(fn).parameters.values()]
+
+
+def test_attention_hook_contract():
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    from flashkit.integrations.transformers.attention import attention_forward
+
+    # transformers calls fn(module, query, key, value, attention_mask, dropout=, scaling=, **kw)
+    want = ["module", "query", "key", "value", "attention_mask", "dropout", "scaling",
+            "is_causal"]
+    assert [n for n, _ in _params(sdpa_attention_forward)][:8] == want
+    assert [n for n, _ in _params(attention_forward)][:8] == want
+    assert _params(attention_forward)[-1][1] == P.VAR_KEYWORD
+
+
+def test_mask_hook_contract():
+    from transformers.masking_utils import AttentionMaskInterface, flash_attention_mask
+
+    from flashkit.integrations.transformers.attention import padding_mask
+
+    want = ["batch_size", "q_length", "kv_length", "q_offset", "kv_offset", "mask_function",
+            "attention_mask"]
+    assert [n for n, _ in _params(flash_attention_mask)][:7] == want
+    assert [n for n, _ in _params(padding_mask)][:7] == want
+    assert "flash_attention_2" in AttentionMaskInterface._global_mapping
+
+
+def test_experts_hook_contract():
+    from transformers.integrations.moe import (ALL_EXPERTS_FUNCTIONS, _default_apply_gate,
+                                               batched_mm_experts_forward)
+
+    from flashkit.integrations.transformers.experts import experts_forward
+
+    want = ["self", "hidden_states", "top_k_index", "top_k_weights"]
+    assert [n for n, _ in _params(batched_mm_experts_forward)] == want
+    assert [n for n, _ in _params(experts_forward)] == want
+    assert callable(_default_apply_gate) and "batched_mm" in ALL_EXPERTS_FUNCTIONS
+    experts = transformers.models.mixtral.modeling_mixtral.MixtralExperts
+    cfg = transformers.MixtralConfig(hidden_size=8, intermediate_size=4, num_local_experts=2)
+    e = experts(cfg)
+    assert tuple(e.gate_up_proj.shape) == (2, 8, 8) and tuple(e.down_proj.shape) == (2, 8, 4)
+    assert (e.is_transposed, e.is_concatenated, e.has_gate, e.has_bias) == (False, True, True,
+                                                                           False)
+
+
+@pytest.mark.parametrize("module", ["mamba2", "bamba", "falcon_h1", "nemotron_h"])
+def test_ssm_functions_match_each_models_fallback(module):
+    """kernelize accepts a replacement whose forward has the original's parameter count and
+    kinds; each model's torch fallback for a name must agree with flashkit's function."""
+    import importlib
+
+    from flashkit.integrations.transformers.mamba import FUNCTIONS, _layer
+
+    mod = importlib.import_module(f"transformers.models.{module}.modeling_{module}")
+    found = {}
+    for obj in vars(mod).values():
+        name = getattr(type(obj), "kernel_layer_name", None)
+        if name in FUNCTIONS:
+            found[name] = obj
+    assert {"causal_conv1d_fn", "causal_conv1d_update"} <= set(found), module
+    for name, obj in found.items():
+        theirs = [k for _, k in _params(type(obj).forward)]
+        ours = [k for _, k in _params(_layer(FUNCTIONS[name]).forward)]
+        assert ours == theirs, f"{module}.{name}: {theirs} vs flashkit's {ours}"
+
+
+def test_kernels_api_contract():
+    assert callable(kernels.register_kernel_mapping) and callable(kernels.kernelize)
+    assert callable(kernels.use_kernel_mapping) and hasattr(kernels, "Mode")
+    assert transformers.utils.import_utils.is_kernels_available(), (
+        "transformers disables its kernel-hub hooks for this kernels version: pin a kernels "
+        "release inside transformers' KERNELS_MIN/MAX_VERSION")
+    from flashkit.integrations.transformers.mamba import FlashkitFuncRepository
+
+    import torch
+    from kernels.layer.layer import _validate_layer
+
+    layer = FlashkitFuncRepository("causal_conv1d_update").load()
+
+    class Original(torch.nn.Module):
+        def forward(self, hidden_states, conv_state, weight, bias=None, activation=None):
+            return hidden_states
+
+    _validate_layer(check_cls=Original, cls=layer, repo=FlashkitFuncRepository(
+        "causal_conv1d_update"))
