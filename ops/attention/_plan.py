@@ -8,45 +8,27 @@ import math
 import numpy as np
 import torch
 
-from .._validate import check_tensor, resolve_backend
+from .._common.backends import resolve_backend
+from .._common.checks import INT32_DTYPES, check_int, check_tensor
+from .._common.custom_op import custom_op, eager_or_op
 from . import reference
 from .variants import AttentionVariant
 
 KV_DTYPES = (torch.float16, torch.bfloat16)
 FP8_KV_DTYPES = (torch.float8_e4m3fn,)  # decode's KV cache only, with run(k_scale=, v_scale=)
 DECODE_KV_DTYPES = KV_DTYPES + FP8_KV_DTYPES
-INDEX_DTYPES = (torch.int32,)
-ATTN_BACKENDS = ("auto", "triton", "torch", "cuda")
-_INT32_MAX = 2**31 - 1
+INDEX_DTYPES = INT32_DTYPES
 
 
 def attn_backend(backend: str, device: torch.device, *, decode: bool = False) -> str:
-    """``auto``: Triton on CUDA, the torch reference elsewhere. ``"cuda"`` (the NVRTC decode
-    kernel, ops/attention/decode_cuda.py) exists for decode only, and ``auto`` does not pick it
-    yet: the kernel compiles for sm_80/sm_90 and its SASS is checked, but it has not been run on
-    a GPU. Switch ``auto`` to it once tests/ops/attention/test_decode_cuda.py passes with -m gpu
-    (and the decode benchmark says it wins)."""
-    if backend not in ATTN_BACKENDS:
-        raise ValueError(f"backend must be one of {ATTN_BACKENDS}, got {backend!r}")
-    if backend == "cuda" and not decode:
-        raise ValueError("backend='cuda' is decode only (no CUDA prefill kernel yet); use "
-                         "'triton' or 'auto'")
-    if backend == "auto":
-        return "triton" if device.type == "cuda" else "torch"
-    return resolve_backend(backend, device)
+    """The attention_decode or attention_prefill row of the backend table
+    (ops/_common/backends.py)."""
+    return resolve_backend("attention_decode" if decode else "attention_prefill", backend, device)
 
 
 def check_layout(kv_layout):
     if kv_layout not in ("NHD", "HND"):
         raise ValueError(f"kv_layout must be 'NHD' or 'HND', got {kv_layout!r}")
-
-
-def check_int(name, value, lo, hi=_INT32_MAX) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise ValueError(f"{name} must be an int, got {type(value).__name__} {value!r}")
-    if not lo <= int(value) <= hi:
-        raise ValueError(f"{name} must be in [{lo}, {hi}], got {value}")
-    return int(value)
 
 
 def check_scalars(window_left, logits_soft_cap, sm_scale, head_dim):
@@ -371,8 +353,8 @@ def _attention_run_impl(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: 
     merge_varlen_triton(part_v, part_s, merge_indptr, out, lse, v_scale)
 
 
-attention_run_op = torch.library.custom_op(
-    "flashkit::attention_run", mutates_args=("out", "lse", "workspace"))(_attention_run_impl)
+attention_run_op = custom_op("attention_run", _attention_run_impl,
+                             mutates_args=("out", "lse", "workspace"))
 
 
 @attention_run_op.register_fake
@@ -386,9 +368,7 @@ def launch(plan: AttentionPlan, q, k, v, out, lse, workspace, backend: str, vari
            k_scale: float = 1.0, v_scale: float = 1.0):
     """Run ``plan`` through the custom op (the implementation itself in eager mode).
     ``k_scale``/``v_scale``: the KV cache's dequantization scales (fp8; decode only)."""
-    from .merge_state import _dispatch
-
-    fn = _dispatch(attention_run_op, _attention_run_impl)
+    fn = eager_or_op(attention_run_op, _attention_run_impl)
     fn(q, k, v, out, lse, workspace, plan.items, plan.qo_indptr, plan.kv_indptr,
        plan.kv_indices, plan.kv_lens, plan.merge_indptr, plan.mask, plan.mask_indptr,
        list(variant_args), plan.num_items, plan.n_programs, plan.page_size, plan.decode,

@@ -13,7 +13,7 @@ import math
 import numpy as np
 import torch
 
-from .._validate import check_tensor
+from .._common.checks import check_tensor
 from ._plan import (DECODE_KV_DTYPES, FP8_KV_DTYPES, KV_DTYPES, AttentionPlan, PlannedWrapper,
                     attn_backend, check_heads, check_int, check_layout, check_page_table,
                     check_scalars, check_single_kv, int32, kv_views, launch, unpack_paged_cache)

@@ -11,14 +11,13 @@ only with an explicit backend="cuda".
 from __future__ import annotations
 
 import ctypes
-import functools
-
 import torch
 
 from flashkit import jit
 
 from .merge_state_cuda import device_arch
-from .._triton import pow2
+from .._common.specs import memoized_spec
+from .._common.triton import pow2
 
 __all__ = ["decode_cuda_spec", "shipped_cuda_specs", "decode_geometry", "check_cuda_decode",
            "batch_decode_cuda"]
@@ -31,7 +30,7 @@ KV_LAYOUTS = ("NHD", "HND")
 _VEC = 8  # elements per 16-byte access
 
 
-@functools.lru_cache(maxsize=None)  # launchers call this per launch: render + hash once
+@memoized_spec
 def decode_cuda_spec(dtype: torch.dtype, head_dim: int, kv_layout: str,
                      arch: str) -> jit.KernelSpec:
     """The spec of batch_decode_kernel for one dtype, head_dim, KV layout and arch

@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .._validate import check_tensor
+from .._common.checks import check_tensor
 from ._plan import INDEX_DTYPES
 from .items import prefill_item_cols, split_kv_items
 

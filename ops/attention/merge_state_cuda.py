@@ -7,12 +7,13 @@ consistent, v's last dimension contiguous, s float32. Outputs may be the inputs 
 from __future__ import annotations
 
 import ctypes
-import functools
 import math
 
 import torch
 
 from flashkit import jit
+
+from .._common.specs import memoized_spec
 
 __all__ = ["merge_state_spec", "shipped_cuda_specs", "device_arch", "merge_state_cuda",
            "merge_states_cuda"]
@@ -35,7 +36,7 @@ def _full_vec(dtype: torch.dtype, head_dim: int) -> int:
     return g & -g
 
 
-@functools.lru_cache(maxsize=None)  # launchers call this per launch: render + hash once
+@memoized_spec
 def merge_state_spec(dtype: torch.dtype, head_dim: int, vec: int, arch: str) -> jit.KernelSpec:
     """The spec of merge_state_kernel and merge_states_kernel for one dtype, head_dim, vector
     width (elements per thread) and arch (``"sm_90"``)."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .._validate import check_tensor
+from .._common.checks import check_tensor
 from ._plan import (KV_DTYPES, AttentionPlan, PlannedWrapper, attn_backend, check_heads,
                     check_indptr, check_int, check_layout, check_page_table, check_scalars,
                     check_single_kv, int32, items_tensor, kv_views, launch)

@@ -273,7 +273,7 @@ def test_docstring_examples(module):
 
 def test_auto_falls_back_when_jit_disabled(isolated_cache, monkeypatch, caplog):
     monkeypatch.setattr(planner_module, "_module", None)
-    monkeypatch.setattr(planner_module, "_auto_backend", None)
+    monkeypatch.setattr(planner_module, "_ninja_ok", None)
     monkeypatch.setenv("FLASHKIT_DISABLE_JIT", "1")
     lens = [5000, 17, 0, 900]
     with caplog.at_level("WARNING", logger="flashkit.ops.scheduler"):
