@@ -45,5 +45,5 @@ def check_int(name: str, value, lo: int, hi: int = INT32_MAX) -> int:
         raise ValueError(f"{name} must be an int in [{lo}, {hi}], got "
                          f"{type(value).__name__} {value!r}") from None
     if not lo <= v <= hi:
-        raise ValueError(f"{name} must be an int in [{lo}, {hi}], got {v}")
+        raise ValueError(f"{name} must be in [{lo}, {hi}], got {v}")
     return v

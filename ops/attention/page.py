@@ -9,7 +9,7 @@ import torch
 
 from .._common.checks import check_tensor
 from .._common.custom_op import custom_op, eager_or_op
-from ._plan import INDEX_DTYPES, KV_DTYPES, check_layout, unpack_paged_cache
+from .checks import INDEX_DTYPES, KV_DTYPES, check_layout, unpack_paged_cache
 
 __all__ = ["append_paged_kv_cache", "get_batch_indices_positions"]
 

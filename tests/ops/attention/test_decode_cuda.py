@@ -18,7 +18,7 @@ import torch
 
 import flashkit.ops.attention as A
 from flashkit import jit
-from flashkit.ops.attention import _plan
+from flashkit.ops.attention import checks as attn_checks
 from flashkit.ops.attention import decode_cuda as dc
 from tests.helpers import poison
 
@@ -119,12 +119,12 @@ def test_geometry_maps_groups_onto_rows():
 
 def test_auto_keeps_triton_cuda_is_decode_only():
     cuda = torch.device("cuda")
-    assert _plan.attn_backend("auto", cuda) == "triton"
-    assert _plan.attn_backend("auto", cuda, decode=True) == "triton"
+    assert attn_checks.attn_backend("auto", cuda) == "triton"
+    assert attn_checks.attn_backend("auto", cuda, decode=True) == "triton"
     with pytest.raises(ValueError, match="decode only"):
-        _plan.attn_backend("cuda", cuda)
+        attn_checks.attn_backend("cuda", cuda)
     with pytest.raises(ValueError, match="needs CUDA tensors"):
-        _plan.attn_backend("cuda", torch.device("cpu"), decode=True)
+        attn_checks.attn_backend("cuda", torch.device("cpu"), decode=True)
 
 
 def test_cuda_refuses_what_it_cannot_run():
