@@ -22,7 +22,7 @@ def _run(hidden_states, w1, w2, topk_weights, topk_ids, activation, config, back
         out.copy_(reference.naive_fused_moe(hidden_states, w1, w2, topk_weights, topk_ids,
                                             activation))
         return
-    from .triton_kernels import fused_moe_triton
+    from .fused_moe_triton import fused_moe_triton
 
     if config is None:  # looked up here, inside the op: torch.compile does not trace file reads
         table = tuning.get_config(hidden_states.shape[0], w2.shape[0], w2.shape[2], w2.shape[1],

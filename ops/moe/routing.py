@@ -26,7 +26,7 @@ def _fused_topk_impl(gating_logits: torch.Tensor, topk: int, renormalize: bool, 
         w, ids = reference.naive_fused_topk(gating_logits, topk, renormalize, scoring,
                                             correction_bias, num_expert_groups, topk_group)
         return w.contiguous(), ids.contiguous()
-    from .triton_kernels import fused_topk_triton
+    from .fused_moe_triton import fused_topk_triton
 
     tokens = gating_logits.shape[0]
     weights = torch.empty(tokens, topk, dtype=torch.float32, device=gating_logits.device)

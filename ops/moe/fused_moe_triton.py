@@ -19,7 +19,7 @@ _ACTIVATION_EXPR = {
 def fused_topk_triton_spec(num_experts: int, topk: int, num_groups: int,
                            topk_group: int) -> jit.KernelSpec:
     return jit.KernelSpec.create(
-        f"fused_topk_e{num_experts}_k{topk}_g{num_groups}_tg{topk_group}", "triton",
+        f"fused_topk_triton_e{num_experts}_k{topk}_g{num_groups}_tg{topk_group}", "triton",
         "moe/fused_topk.py.j2",
         {"num_experts": num_experts, "topk": topk, "num_groups": num_groups,
          "topk_group": topk_group, "block_g": pow2(num_groups),
@@ -29,7 +29,7 @@ def fused_topk_triton_spec(num_experts: int, topk: int, num_groups: int,
 @memoized_spec
 def fused_moe_triton_spec(dtype: torch.dtype, activation: str) -> jit.KernelSpec:
     return jit.KernelSpec.create(
-        f"fused_moe_{dtype_tag(dtype)}_{activation}", "triton", "moe/fused_moe.py.j2",
+        f"fused_moe_triton_{dtype_tag(dtype)}_{activation}", "triton", "moe/fused_moe.py.j2",
         {"dot_dtype": tl_dtype(dtype), "dot_precision": dot_precision(dtype), "activation": activation,
          "activation_expr": _ACTIVATION_EXPR[activation]})
 
