@@ -12,7 +12,7 @@ from flashkit import jit
 
 from .reference import SCALE_EPS, channel_axis, limiter_slots
 from .._common.specs import memoized_spec
-from .._common.triton import pow2
+from .._common.triton import dtype_tag, pow2
 
 PARAM_DTYPES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
 SCALE_TYPES = ("channel", "tensor")
@@ -35,7 +35,7 @@ _MAX_BLOCK_P = 256
 @memoized_spec
 def apollo_step_triton_spec(scale_type: str, param_dtype: torch.dtype) -> jit.KernelSpec:
     dtype = PARAM_DTYPES[param_dtype]
-    return jit.KernelSpec.create(f"apollo_step_{scale_type}_{dtype}", "triton",
+    return jit.KernelSpec.create(f"apollo_fused_update_triton_{dtype_tag(param_dtype)}_{scale_type}", "triton",
                                  "optim/apollo_step.py.j2",
                                  {"scale_type": scale_type, "param_dtype": dtype,
                                   "scale_eps": repr(SCALE_EPS)})

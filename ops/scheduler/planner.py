@@ -49,7 +49,7 @@ __all__ = ["SplitKVPlan", "plan_split_kv", "planner_spec", "shipped_specs"]
 @memoized_spec
 def planner_spec() -> jit.KernelSpec:
     """The one ninja spec of the planner (nothing in it varies)."""
-    return jit.KernelSpec.create("split_kv_planner", "ninja", "scheduler/split_kv.cpp.j2", {})
+    return jit.KernelSpec.create("plan_split_kv_ninja", "ninja", "scheduler/split_kv.cpp.j2", {})
 
 
 def shipped_specs(arch: str) -> list[jit.KernelSpec]:

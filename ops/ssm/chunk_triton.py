@@ -26,7 +26,7 @@ def chunk_ssd_triton_spec(headdim: int, dstate: int, chunk_size: int,
                           dtype: torch.dtype) -> jit.KernelSpec:
     dname = dtype_tag(dtype)
     return jit.KernelSpec.create(
-        f"chunk_ssd_{dname}_hd{headdim}_ds{dstate}_cs{chunk_size}", "triton",
+        f"chunk_ssd_scan_triton_{dname}_hd{headdim}_ds{dstate}_cs{chunk_size}", "triton",
         "ssm/chunk_ssd.py.j2",
         {"head_dim": headdim, "dstate": dstate, "chunk_size": chunk_size,
          "block_p": _block_p(headdim, dtype), "block_n": _block_n(dstate),

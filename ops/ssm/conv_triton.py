@@ -11,7 +11,7 @@ from .._common.triton import pow2
 
 @memoized_spec
 def causal_conv1d_triton_spec(width: int) -> jit.KernelSpec:
-    return jit.KernelSpec.create(f"causal_conv1d_w{width}", "triton", "ssm/causal_conv1d.py.j2",
+    return jit.KernelSpec.create(f"causal_conv1d_triton_w{width}", "triton", "ssm/causal_conv1d.py.j2",
                                  {"width": width})
 
 

@@ -11,7 +11,7 @@ from .._common.triton import pow2
 
 @memoized_spec
 def recurrent_triton_spec(dstate: int) -> jit.KernelSpec:
-    return jit.KernelSpec.create(f"ssm_recurrent_ds{dstate}", "triton", "ssm/recurrent.py.j2",
+    return jit.KernelSpec.create(f"ssm_recurrent_triton_ds{dstate}", "triton", "ssm/recurrent.py.j2",
                                  {"dstate": dstate, "block_n": pow2(dstate)})
 
 

@@ -258,7 +258,7 @@ def test_repr_summary():
 def test_spec_is_shipped():
     spec = scheduler.planner_spec()
     assert spec is scheduler.planner_spec()
-    assert spec.backend == "ninja" and spec.uri.startswith("split_kv_planner_")
+    assert spec.backend == "ninja" and spec.uri.startswith("plan_split_kv_ninja_")
     assert scheduler.shipped_specs("sm_80") == [spec]
     # Through the registry's table: jit.shipped_specs() would also run every other family's hook.
     assert registry._SHIPPED["scheduler"]("sm_90") == [spec]
