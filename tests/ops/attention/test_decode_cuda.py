@@ -43,7 +43,7 @@ SHIPPED = [spec for arch in ARCHS for spec in dc.shipped_cuda_specs(arch)]
 
 def test_shipped_specs_cover_dtypes_head_dims_layouts():
     names = {spec.name for spec in dc.shipped_cuda_specs("sm_90")}
-    assert names == {f"decode_{d}_hd{hd}_{lay}_sm90" for d in ("fp16", "bf16")
+    assert names == {f"decode_cuda_{d}_hd{hd}_{lay}_sm90" for d in ("f16", "bf16")
                      for hd in (64, 128, 256) for lay in ("nhd", "hnd")}
     shipped = {s.name for s in A._shipped_specs("sm_80")}
     assert {s.name for s in dc.shipped_cuda_specs("sm_80")} <= shipped
