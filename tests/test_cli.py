@@ -16,13 +16,13 @@ def test_doctor(capsys):
 
 
 def test_jit_build_ls_clear(isolated_cache, capsys):
-    assert main(["jit", "build", "merge_state_triton_hd64", "merge_state_bf16_hd128*",
+    assert main(["jit", "build", "merge_state_triton_hd64", "merge_state_cuda_bf16_hd128*",
                  "--arch", "sm_80,sm_90"]) == 0
     out = capsys.readouterr().out
     assert "0 failed" in out and "compiled" in out
     assert main(["jit", "ls"]) == 0
     out = capsys.readouterr().out
-    assert "merge_state_triton_hd64_" in out and "merge_state_bf16_hd128" in out
+    assert "merge_state_triton_hd64_" in out and "merge_state_cuda_bf16_hd128" in out
     assert "triton" in out and "nvrtc" in out and "sm_80" in out and "sm_90" in out
     # A second build is all cache hits.
     assert main(["jit", "build", "merge_state_triton_hd64", "--arch", "sm_90"]) == 0

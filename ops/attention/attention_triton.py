@@ -7,20 +7,18 @@ combines; prefill items are query tiles over a request's whole KV and write the 
 """
 from __future__ import annotations
 
-import functools
-
 import torch
 
 from flashkit import jit
-from flashkit.jit.env import interpreted_bf16_dot_upcast
 
-from .._triton import pow2
+from .._common.triton import dot_f32, pow2
+from .._common.specs import memoized_spec
 from .variants import AttentionVariant
 
 _MERGE_MAX_BLOCK_ELEMS = 2048  # as merge_state_triton: 16 fp32 accumulators per thread at 4 warps
 
 
-@functools.lru_cache(maxsize=None)  # launchers call this per launch: render + hash once
+@memoized_spec
 def attention_triton_spec(head_dim: int, variant: AttentionVariant | None = None) -> jit.KernelSpec:
     variant = variant or AttentionVariant.default()
     name = f"attention_triton_hd{head_dim}" + (f"_{variant.name}" if variant.name != "default" else "")
@@ -76,8 +74,7 @@ def attention_fwd_triton(q, k, v, o, lse, items, n_items_pad, n_programs, qo_ind
         GROUP=group, PAGE_SIZE=page_size, PAGED=paged, CAUSAL=causal and mask is None,
         HAS_WINDOW=window_left >= 0, SOFT_CAP=bool(soft_cap), HAS_MASK=mask is not None,
         BLOCK_M=block_m, BLOCK_N=block_n,
-        # bf16 dots run in float32 under the interpreter only (jit.env.interpreted_bf16_dot_upcast).
-        DOT_F32=q.dtype == torch.bfloat16 and interpreted_bf16_dot_upcast(),
+        DOT_F32=dot_f32(q.dtype),
         HAS_COUNT=num_items is not None, num_warps=warps,
     )
 

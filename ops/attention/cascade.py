@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from .._validate import check_tensor
-from ._plan import check_int
+from .._common.checks import check_int, check_tensor
 from .merge_state import merge_state_in_place
 from .prefill import BatchPrefillWithPagedKVCacheWrapper
 

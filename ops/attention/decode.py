@@ -13,31 +13,22 @@ import math
 import numpy as np
 import torch
 
-from .._validate import check_tensor
-from ._plan import (DECODE_KV_DTYPES, FP8_KV_DTYPES, KV_DTYPES, AttentionPlan, PlannedWrapper,
-                    attn_backend, check_heads, check_int, check_layout, check_page_table,
-                    check_scalars, check_single_kv, int32, kv_views, launch, unpack_paged_cache)
+from .._common.checks import check_int, check_tensor
+from .checks import (DECODE_KV_DTYPES, FP8_KV_DTYPES, KV_DTYPES, as_dtype, attn_backend,
+                     check_heads, check_layout, check_outputs, check_page_table, check_run_inputs,
+                     check_scalars, check_single_kv, unpack_paged_cache)
 from .decode_cuda import SUPPORTED_HEAD_DIMS as CUDA_HEAD_DIMS
 from .decode_cuda import check_cuda_decode
+from .index_tensors import int32
+from .kv_views import kv_views
+from .plan import AttentionPlan
+from .run_op import launch
 from .graph import DecodeGraphBuffers, check_graph_buffer
 from .items import default_workers, split_kv_plan
 from .variants import AttentionVariant
+from .wrapper import PlannedWrapper
 
 __all__ = ["single_decode_with_kv_cache", "BatchDecodeWithPagedKVCacheWrapper"]
-
-_DTYPE_NAMES = {"float16": torch.float16, "half": torch.float16, "bfloat16": torch.bfloat16,
-                "float8_e4m3fn": torch.float8_e4m3fn, "e4m3": torch.float8_e4m3fn}
-
-
-def as_dtype(name: str, value, default=None, allowed=KV_DTYPES) -> torch.dtype:
-    if value is None and default is not None:
-        return default
-    value = _DTYPE_NAMES.get(value, value) if isinstance(value, str) else value
-    if value not in allowed:
-        names = " or ".join(f"torch.{str(d).split('.')[-1]}" for d in allowed)
-        raise ValueError(f"{name} must be {names}, got {value!r}")
-    return value
-
 
 def check_kv_scales(k_scale, v_scale) -> tuple[float, float]:
     """run()'s dequantization scales (None: 1.0), finite floats: FlashInfer's k_scale/v_scale."""
@@ -303,35 +294,3 @@ class BatchDecodeWithPagedKVCacheWrapper(PlannedWrapper):
         return (out, lse) if return_lse else out
 
     forward = run
-
-
-def check_run_inputs(plan: AttentionPlan, q, paged_kv_cache, kv_layout, device, q_shape,
-                     kv_dtypes=KV_DTYPES):
-    check_tensor("q", q, dtypes=(plan.q_dtype,), shape=q_shape, device=device,
-                 last_dim_contiguous=True)
-    k, v = unpack_paged_cache(paged_kv_cache, kv_layout, kv_dtypes)
-    if k.dtype != plan.kv_dtype or k.device != device:
-        raise ValueError(f"paged_kv_cache must be {plan.kv_dtype} on {device} (as planned), got "
-                         f"{k.dtype} on {k.device}")
-    want = (plan.page_size, plan.num_kv_heads, plan.head_dim)
-    if tuple(k.shape[1:]) != want:
-        raise ValueError(f"paged_kv_cache must hold pages of (page_size, num_kv_heads, head_dim) = "
-                         f"{want} in {kv_layout} order (as planned), got {tuple(k.shape[1:])}")
-    if plan.max_page >= k.shape[0]:
-        raise ValueError(f"indices reach page {plan.max_page} but paged_kv_cache has only "
-                         f"{k.shape[0]} pages")
-    return k, v
-
-
-def check_outputs(plan: AttentionPlan, q, out, lse):
-    shape = (q.shape[0], plan.num_qo_heads, plan.head_dim)
-    if out is None:
-        out = torch.empty(shape, dtype=q.dtype, device=q.device)
-    else:
-        check_tensor("out", out, dtypes=(q.dtype,), shape=shape, device=q.device,
-                     last_dim_contiguous=True)
-    if lse is None:
-        lse = torch.empty(shape[:2], dtype=torch.float32, device=q.device)
-    else:
-        check_tensor("lse", lse, dtypes=(torch.float32,), shape=shape[:2], device=q.device)
-    return out, lse

@@ -1,5 +1,5 @@
-"""CUDA (NVRTC) paged split-KV decode (templates/attention/decode.cu.j2,
-csrc/attention/decode.cuh).
+"""CUDA (NVRTC) paged split-KV decode (templates/attention/decode_cuda.cu.j2,
+csrc/attention/decode_cuda.cuh).
 
 The kernel writes the float32 partial states (o, base-2 lse) of every split-KV work item into
 the workspace rows the Triton path uses; ``merge_varlen_triton`` then combines them per request
@@ -11,27 +11,25 @@ only with an explicit backend="cuda".
 from __future__ import annotations
 
 import ctypes
-import functools
-
 import torch
 
 from flashkit import jit
 
 from .merge_state_cuda import device_arch
-from .._triton import pow2
+from .._common.specs import memoized_spec
+from .._common.triton import dtype_tag, pow2
 
 __all__ = ["decode_cuda_spec", "shipped_cuda_specs", "decode_geometry", "check_cuda_decode",
            "batch_decode_cuda"]
 
 _CTYPES = {torch.float16: "flashkit::half_t", torch.bfloat16: "flashkit::bf16_t"}
-_SHORT = {torch.float16: "fp16", torch.bfloat16: "bf16"}
 SHIPPED_HEAD_DIMS = (64, 128, 256)
 SUPPORTED_HEAD_DIMS = (64, 128, 256)  # D / 8 lanes per row must be a power of two (csrc Config)
 KV_LAYOUTS = ("NHD", "HND")
 _VEC = 8  # elements per 16-byte access
 
 
-@functools.lru_cache(maxsize=None)  # launchers call this per launch: render + hash once
+@memoized_spec
 def decode_cuda_spec(dtype: torch.dtype, head_dim: int, kv_layout: str,
                      arch: str) -> jit.KernelSpec:
     """The spec of batch_decode_kernel for one dtype, head_dim, KV layout and arch
@@ -43,8 +41,9 @@ def decode_cuda_spec(dtype: torch.dtype, head_dim: int, kv_layout: str,
                          f"kernel, got {head_dim}")
     if kv_layout not in KV_LAYOUTS:
         raise ValueError(f"kv_layout must be 'NHD' or 'HND', got {kv_layout!r}")
-    name = f"decode_{_SHORT[dtype]}_hd{head_dim}_{kv_layout.lower()}_{arch.replace('_', '')}"
-    return jit.KernelSpec.create(name, "nvrtc", "attention/decode.cu.j2",
+    name = (f"decode_cuda_{dtype_tag(dtype)}_hd{head_dim}_{kv_layout.lower()}_"
+            f"{arch.replace('_', '')}")
+    return jit.KernelSpec.create(name, "nvrtc", "attention/decode_cuda.cu.j2",
                                  {"dtype": _CTYPES[dtype], "head_dim": head_dim,
                                   "kv_layout": kv_layout}, target=arch)
 

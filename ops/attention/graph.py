@@ -8,8 +8,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .._validate import check_tensor
-from ._plan import INDEX_DTYPES
+from .._common.checks import check_tensor
+from .checks import INDEX_DTYPES
 from .items import prefill_item_cols, split_kv_items
 
 __all__ = ["DecodeGraphBuffers", "PrefillGraphBuffers", "check_graph_buffer", "check_graph_fits",

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from ..scheduler import plan_split_kv
-from ._plan import int32, items_tensor
+from .index_tensors import int32, items_tensor
 from .attention_triton import block_sizes
 
 __all__ = ["default_workers", "split_kv_items", "split_kv_plan", "prefill_tile",

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import torch
 
-from .._validate import FLOAT_DTYPES, check_tensor, resolve_backend
+from .._common.backends import resolve_backend
+from .._common.checks import FLOAT_DTYPES, check_tensor
+from .._common.custom_op import custom_op, eager_or_op
 from . import reference
 
 __all__ = ["merge_state", "merge_state_in_place", "merge_states"]
@@ -42,7 +44,7 @@ def _merge_state_impl(v_a: torch.Tensor, s_a: torch.Tensor, v_b: torch.Tensor, s
     return v_out, s_out
 
 
-_merge_state_op = torch.library.custom_op("flashkit::merge_state", mutates_args=())(_merge_state_impl)
+_merge_state_op = custom_op("merge_state", _merge_state_impl)
 
 
 @_merge_state_op.register_fake
@@ -57,8 +59,8 @@ def _merge_state_in_place_impl(v: torch.Tensor, s: torch.Tensor, v_other: torch.
     _run_pair(backend, v, s, v_other, s_other, v, s, mask)
 
 
-_merge_state_in_place_op = torch.library.custom_op(
-    "flashkit::merge_state_in_place", mutates_args=("v", "s"))(_merge_state_in_place_impl)
+_merge_state_in_place_op = custom_op("merge_state_in_place", _merge_state_in_place_impl,
+                                     mutates_args=("v", "s"))
 
 
 @_merge_state_in_place_op.register_fake
@@ -85,19 +87,13 @@ def _merge_states_impl(v: torch.Tensor, s: torch.Tensor,
     return v_out, s_out
 
 
-_merge_states_op = torch.library.custom_op("flashkit::merge_states", mutates_args=())(_merge_states_impl)
+_merge_states_op = custom_op("merge_states", _merge_states_impl)
 
 
 @_merge_states_op.register_fake
 def _(v, s, backend):
     seq, _, heads, dim = v.shape
     return v.new_empty((seq, heads, dim)), s.new_empty((seq, heads), dtype=torch.float32)
-
-
-def _dispatch(op, impl):
-    """The registered op while torch.compile traces; the implementation itself in eager mode,
-    which skips the dispatcher's per-call cost (what a decode step pays per launch)."""
-    return op if torch.compiler.is_compiling() else impl
 
 
 def _check_state(prefix: str, v, s, like=None):
@@ -131,8 +127,8 @@ def merge_state(v_a: torch.Tensor, s_a: torch.Tensor, v_b: torch.Tensor, s_b: to
     """
     _check_state("a", v_a, s_a)
     _check_state("b", v_b, s_b, like=v_a)
-    backend = resolve_backend(backend, v_a.device)
-    return _dispatch(_merge_state_op, _merge_state_impl)(v_a, s_a, v_b, s_b, backend)
+    backend = resolve_backend("merge_state", backend, v_a.device)
+    return eager_or_op(_merge_state_op, _merge_state_impl)(v_a, s_a, v_b, s_b, backend)
 
 
 def merge_state_in_place(v: torch.Tensor, s: torch.Tensor, v_other: torch.Tensor,
@@ -147,8 +143,8 @@ def merge_state_in_place(v: torch.Tensor, s: torch.Tensor, v_other: torch.Tensor
     _check_state("other", v_other, s_other, like=v)
     if mask is not None:
         check_tensor("mask", mask, dtypes=(torch.bool,), shape=v.shape[:1], device=v.device)
-    backend = resolve_backend(backend, v.device)
-    _dispatch(_merge_state_in_place_op, _merge_state_in_place_impl)(v, s, v_other, s_other, mask,
+    backend = resolve_backend("merge_state", backend, v.device)
+    eager_or_op(_merge_state_in_place_op, _merge_state_in_place_impl)(v, s, v_other, s_other, mask,
                                                                     backend)
 
 
@@ -169,5 +165,5 @@ def merge_states(v: torch.Tensor, s: torch.Tensor, *,
     """
     check_tensor("v", v, dtypes=FLOAT_DTYPES, ndim=4, last_dim_contiguous=True)
     check_tensor("s", s, dtypes=(torch.float32,), shape=v.shape[:3], device=v.device)
-    backend = resolve_backend(backend, v.device)
-    return _dispatch(_merge_states_op, _merge_states_impl)(v, s, backend)
+    backend = resolve_backend("merge_state", backend, v.device)
+    return eager_or_op(_merge_states_op, _merge_states_impl)(v, s, backend)

@@ -7,19 +7,20 @@ consistent, v's last dimension contiguous, s float32. Outputs may be the inputs 
 from __future__ import annotations
 
 import ctypes
-import functools
 import math
 
 import torch
 
 from flashkit import jit
 
+from .._common.specs import memoized_spec
+from .._common.triton import dtype_tag
+
 __all__ = ["merge_state_spec", "shipped_cuda_specs", "device_arch", "merge_state_cuda",
            "merge_states_cuda"]
 
 _CTYPES = {torch.float16: "flashkit::half_t", torch.bfloat16: "flashkit::bf16_t",
            torch.float32: "float"}
-_SHORT = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32"}
 SHIPPED_HEAD_DIMS = (64, 128, 256)
 
 # Threads per block when a row needs fewer: 4 warps keep up to 16 blocks resident per SM (2048
@@ -35,12 +36,12 @@ def _full_vec(dtype: torch.dtype, head_dim: int) -> int:
     return g & -g
 
 
-@functools.lru_cache(maxsize=None)  # launchers call this per launch: render + hash once
+@memoized_spec
 def merge_state_spec(dtype: torch.dtype, head_dim: int, vec: int, arch: str) -> jit.KernelSpec:
     """The spec of merge_state_kernel and merge_states_kernel for one dtype, head_dim, vector
     width (elements per thread) and arch (``"sm_90"``)."""
     if dtype not in _CTYPES:
-        raise ValueError(f"dtype must be one of {list(_SHORT.values())}, got {dtype}")
+        raise ValueError(f"dtype must be one of {list(_CTYPES)}, got {dtype}")
     elem = dtype.itemsize
     if vec < 1 or vec & (vec - 1) or head_dim % vec or vec * elem > _MAX_VEC_BYTES:
         raise ValueError(f"vec must be a power of two dividing head_dim={head_dim} with at most "
@@ -48,7 +49,7 @@ def merge_state_spec(dtype: torch.dtype, head_dim: int, vec: int, arch: str) -> 
     if not 1 <= head_dim // vec <= 1024:
         raise ValueError(f"head_dim / vec must be in [1, 1024] (threads of one row), got "
                          f"{head_dim} / {vec}")
-    name = f"merge_state_{_SHORT[dtype]}_hd{head_dim}_v{vec}_{arch.replace('_', '')}"
+    name = f"merge_state_cuda_{dtype_tag(dtype)}_hd{head_dim}_v{vec}_{arch.replace('_', '')}"
     return jit.KernelSpec.create(name, "nvrtc", "attention/merge_state.cu.j2",
                                  {"dtype": _CTYPES[dtype], "head_dim": head_dim, "vec": vec},
                                  target=arch)

@@ -1,12 +1,11 @@
 """Triton launchers of merge_state / merge_states (templates/attention/merge_state.py.j2)."""
 from __future__ import annotations
 
-import functools
-
 import torch
 
 from flashkit import jit
-from .._triton import pow2
+from .._common.specs import memoized_spec
+from .._common.triton import pow2
 
 # 2048 fp32 accumulators per program: 16 per thread at 4 warps, enough bytes in flight per program
 # while keeping the grid (tokens x head blocks) large.
@@ -14,7 +13,7 @@ _MAX_BLOCK_ELEMS = 2048
 
 
 
-@functools.lru_cache(maxsize=None)  # launchers call this per launch: render + hash once
+@memoized_spec
 def merge_state_triton_spec(head_dim: int) -> jit.KernelSpec:
     return jit.KernelSpec.create(f"merge_state_triton_hd{head_dim}", "triton",
                                  "attention/merge_state.py.j2",

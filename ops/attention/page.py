@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import torch
 
-from .._validate import check_tensor
-from ._plan import INDEX_DTYPES, KV_DTYPES, check_layout, unpack_paged_cache
+from .._common.checks import check_tensor
+from .._common.custom_op import custom_op, eager_or_op
+from .checks import INDEX_DTYPES, KV_DTYPES, check_layout, unpack_paged_cache
 
 __all__ = ["append_paged_kv_cache", "get_batch_indices_positions"]
 
@@ -58,8 +59,7 @@ def _append_impl(append_key: torch.Tensor, append_value: torch.Tensor,
         v_cache[page, slot] = append_value
 
 
-_append_op = torch.library.custom_op("flashkit::append_paged_kv_cache",
-                                     mutates_args=("k_cache", "v_cache"))(_append_impl)
+_append_op = custom_op("append_paged_kv_cache", _append_impl, mutates_args=("k_cache", "v_cache"))
 
 
 @_append_op.register_fake
@@ -108,8 +108,6 @@ def append_paged_kv_cache(append_key: torch.Tensor, append_value: torch.Tensor,
         k_store, v_store = k_cache.transpose(1, 2), v_cache.transpose(1, 2)
     else:
         k_store, v_store = k_cache, v_cache
-    from .merge_state import _dispatch
-
-    _dispatch(_append_op, _append_impl)(append_key, append_value, batch_indices, positions,
+    eager_or_op(_append_op, _append_impl)(append_key, append_value, batch_indices, positions,
                                         k_store, v_store, kv_indices, kv_indptr,
                                         kv_layout == "HND")

@@ -11,14 +11,18 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .._validate import check_tensor
-from ._plan import (KV_DTYPES, AttentionPlan, PlannedWrapper, attn_backend, check_heads,
-                    check_indptr, check_int, check_layout, check_page_table, check_scalars,
-                    check_single_kv, int32, items_tensor, kv_views, launch)
-from .decode import as_dtype, check_outputs, check_run_inputs
+from .._common.checks import check_int, check_tensor
+from .checks import (KV_DTYPES, as_dtype, attn_backend, check_heads, check_indptr, check_layout,
+                     check_outputs, check_page_table, check_run_inputs, check_scalars,
+                     check_single_kv)
+from .index_tensors import int32, items_tensor
+from .kv_views import kv_views
+from .plan import AttentionPlan
+from .run_op import launch
 from .graph import PrefillGraphBuffers, check_graph_buffer
 from .items import prefill_item_cols, prefill_items, prefill_tile
 from .variants import AttentionVariant
+from .wrapper import PlannedWrapper
 
 __all__ = ["single_prefill_with_kv_cache", "BatchPrefillWithPagedKVCacheWrapper",
            "BatchPrefillWithRaggedKVCacheWrapper"]

@@ -6,11 +6,11 @@ from .fused_moe import fused_moe
 from .layer import FusedMoE
 from .reference import naive_fused_moe, naive_fused_topk, naive_moe_align_block_size
 from .routing import fused_topk, moe_align_block_size
-from .tuning import autotune_fused_moe
+from .autotune import autotune_fused_moe
 
 
 def _shipped_specs(arch: str):
-    from .triton_kernels import shipped_triton_specs
+    from .fused_moe_triton import shipped_triton_specs
 
     return shipped_triton_specs()
 

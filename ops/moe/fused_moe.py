@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import torch
 
-from .._validate import FLOAT_DTYPES, check_tensor, resolve_backend
+from .._common.backends import resolve_backend
+from .._common.checks import FLOAT_DTYPES, INDEX_DTYPES, check_tensor
+from .._common.custom_op import custom_op, eager_or_op
 from . import reference, tuning
-from .routing import ID_DTYPES, _align_impl, _dispatch, check_ids_in_range
+from .routing import _align_impl, check_ids_in_range
 
 __all__ = ["fused_moe"]
 
@@ -20,7 +22,7 @@ def _run(hidden_states, w1, w2, topk_weights, topk_ids, activation, config, back
         out.copy_(reference.naive_fused_moe(hidden_states, w1, w2, topk_weights, topk_ids,
                                             activation))
         return
-    from .triton_kernels import fused_moe_triton
+    from .fused_moe_triton import fused_moe_triton
 
     if config is None:  # looked up here, inside the op: torch.compile does not trace file reads
         table = tuning.get_config(hidden_states.shape[0], w2.shape[0], w2.shape[2], w2.shape[1],
@@ -38,7 +40,7 @@ def _fused_moe_impl(hidden_states: torch.Tensor, w1: torch.Tensor, w2: torch.Ten
     return out
 
 
-_fused_moe_op = torch.library.custom_op("flashkit::fused_moe", mutates_args=())(_fused_moe_impl)
+_fused_moe_op = custom_op("fused_moe", _fused_moe_impl)
 
 
 @_fused_moe_op.register_fake
@@ -52,8 +54,8 @@ def _fused_moe_inplace_impl(hidden_states: torch.Tensor, w1: torch.Tensor, w2: t
     _run(hidden_states, w1, w2, topk_weights, topk_ids, activation, config, backend, hidden_states)
 
 
-_fused_moe_inplace_op = torch.library.custom_op(
-    "flashkit::fused_moe_inplace", mutates_args=("hidden_states",))(_fused_moe_inplace_impl)
+_fused_moe_inplace_op = custom_op("fused_moe_inplace", _fused_moe_inplace_impl,
+                                  mutates_args=("hidden_states",))
 
 
 @_fused_moe_inplace_op.register_fake
@@ -78,7 +80,7 @@ def _check(hidden_states, w1, w2, topk_weights, topk_ids, activation):
     if tuple(w2.shape) != (num_experts, hidden, two_ffn // 2):
         raise ValueError(f"w2 must have shape {(num_experts, hidden, two_ffn // 2)} "
                          f"([num_experts, hidden, ffn] matching w1), got {tuple(w2.shape)}")
-    check_tensor("topk_ids", topk_ids, dtypes=ID_DTYPES, ndim=2, device=dev)
+    check_tensor("topk_ids", topk_ids, dtypes=INDEX_DTYPES, ndim=2, device=dev)
     if topk_ids.shape[0] != tokens:
         raise ValueError(f"topk_ids must have {tokens} rows (one per token of hidden_states), "
                          f"got shape {tuple(topk_ids.shape)}")
@@ -122,13 +124,11 @@ def fused_moe(hidden_states: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor,
     _check(hidden_states, w1, w2, topk_weights, topk_ids, activation)
     if not isinstance(inplace, bool):
         raise ValueError(f"inplace must be a bool, got {inplace!r}")
-    backend = resolve_backend(backend, hidden_states.device)
-    if backend == "cuda":  # the grouped GEMMs are Triton kernels on the GPU
-        backend = "triton"
+    backend = resolve_backend("moe", backend, hidden_states.device)
     cfg = None if config is None else [tuning.check_config(dict(config))[k]
                                        for k in tuning.CONFIG_KEYS]
     args = (hidden_states, w1, w2, topk_weights, topk_ids, activation, cfg, backend)
     if inplace:
-        _dispatch(_fused_moe_inplace_op, _fused_moe_inplace_impl)(*args)
+        eager_or_op(_fused_moe_inplace_op, _fused_moe_inplace_impl)(*args)
         return hidden_states
-    return _dispatch(_fused_moe_op, _fused_moe_impl)(*args)
+    return eager_or_op(_fused_moe_op, _fused_moe_impl)(*args)

@@ -7,21 +7,16 @@ from __future__ import annotations
 
 import torch
 
-from .._validate import FLOAT_DTYPES, check_tensor, resolve_backend
+from .._common.backends import resolve_backend
+from .._common.checks import FLOAT_DTYPES, INDEX_DTYPES, check_tensor
+from .._common.custom_op import custom_op, eager_or_op
 from . import reference
 
 __all__ = ["fused_topk", "moe_align_block_size"]
 
-ID_DTYPES = (torch.int32, torch.int64)
 # The Triton router keeps a token's E scores in one program's registers.
 _MAX_TRITON_EXPERTS = 1024
 _MAX_TOPK = 32
-
-
-def _dispatch(op, impl):
-    """The registered op while torch.compile traces; the implementation itself in eager mode
-    (skips the dispatcher's per-call cost)."""
-    return op if torch.compiler.is_compiling() else impl
 
 
 def _fused_topk_impl(gating_logits: torch.Tensor, topk: int, renormalize: bool, scoring: str,
@@ -31,7 +26,7 @@ def _fused_topk_impl(gating_logits: torch.Tensor, topk: int, renormalize: bool, 
         w, ids = reference.naive_fused_topk(gating_logits, topk, renormalize, scoring,
                                             correction_bias, num_expert_groups, topk_group)
         return w.contiguous(), ids.contiguous()
-    from .triton_kernels import fused_topk_triton
+    from .fused_moe_triton import fused_topk_triton
 
     tokens = gating_logits.shape[0]
     weights = torch.empty(tokens, topk, dtype=torch.float32, device=gating_logits.device)
@@ -41,7 +36,7 @@ def _fused_topk_impl(gating_logits: torch.Tensor, topk: int, renormalize: bool, 
     return weights, ids
 
 
-_fused_topk_op = torch.library.custom_op("flashkit::fused_topk", mutates_args=())(_fused_topk_impl)
+_fused_topk_op = custom_op("fused_topk", _fused_topk_impl)
 
 
 @_fused_topk_op.register_fake
@@ -109,13 +104,11 @@ def fused_topk(gating_logits: torch.Tensor, topk: int, renormalize: bool = True,
                              f"({kept * (num_experts // groups)})")
     else:
         kept = groups = 1
-    backend = resolve_backend(backend, gating_logits.device)
-    if backend == "cuda":  # no CUDA C++ router: Triton is this family's GPU kernel
-        backend = "triton"
+    backend = resolve_backend("moe", backend, gating_logits.device)
     if backend == "triton" and num_experts > _MAX_TRITON_EXPERTS:
         raise ValueError(f"backend='triton' handles up to {_MAX_TRITON_EXPERTS} experts, got "
                          f"gating_logits.shape[1] = {num_experts}")
-    return _dispatch(_fused_topk_op, _fused_topk_impl)(
+    return eager_or_op(_fused_topk_op, _fused_topk_impl)(
         gating_logits, topk, renormalize, scoring, correction_bias, groups, kept, backend)
 
 
@@ -146,7 +139,7 @@ def _align_impl(topk_ids: torch.Tensor, block_size: int,
     return sorted_ids, expert_ids, post_pad
 
 
-_align_op = torch.library.custom_op("flashkit::moe_align_block_size", mutates_args=())(_align_impl)
+_align_op = custom_op("moe_align_block_size", _align_impl)
 
 
 @_align_op.register_fake
@@ -187,8 +180,8 @@ def moe_align_block_size(topk_ids: torch.Tensor, block_size: int,
         the padded total
     num_tokens_post_padded : [1] int32, the padded total (a multiple of block_size)
     """
-    check_tensor("topk_ids", topk_ids, dtypes=ID_DTYPES, ndim=2)
+    check_tensor("topk_ids", topk_ids, dtypes=INDEX_DTYPES, ndim=2)
     _positive_int("block_size", block_size)
     _positive_int("num_experts", num_experts)
     check_ids_in_range("topk_ids", topk_ids, num_experts)
-    return _dispatch(_align_op, _align_impl)(topk_ids, block_size, num_experts)
+    return eager_or_op(_align_op, _align_impl)(topk_ids, block_size, num_experts)

@@ -12,7 +12,9 @@ import math
 
 import torch
 
-from .._validate import FLOAT_DTYPES, check_tensor, resolve_backend
+from .._common.backends import resolve_backend
+from .._common.checks import FLOAT_DTYPES, check_tensor
+from .._common.custom_op import custom_op, eager_or_op
 from . import reference
 
 __all__ = ["apollo_fused_update", "check_apollo_hparams"]
@@ -36,9 +38,8 @@ def _apollo_impl(param: torch.Tensor, grad: torch.Tensor, proj_grad: torch.Tenso
                                       **kw)
 
 
-_apollo_op = torch.library.custom_op(
-    "flashkit::apollo_fused_update",
-    mutates_args=("param", "exp_avg", "exp_avg_sq", "limiter_norm"))(_apollo_impl)
+_apollo_op = custom_op("apollo_fused_update", _apollo_impl,
+                       mutates_args=("param", "exp_avg", "exp_avg_sq", "limiter_norm"))
 
 
 @_apollo_op.register_fake
@@ -129,17 +130,11 @@ def apollo_fused_update(param: torch.Tensor, grad: torch.Tensor, proj_grad: torc
         raise ValueError(f"step must be an int >= 1, got {step!r}")
     check_apollo_hparams(lr=lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay,
                          scale=scale, scale_type=scale_type, limiter_gamma=limiter_gamma)
-    if backend not in ("auto", "triton", "torch"):
-        raise ValueError(f"backend must be one of ('auto', 'triton', 'torch'), got {backend!r}")
-    if backend == "auto":
-        backend = "triton" if param.device.type == "cuda" else "torch"
-    backend = resolve_backend(backend, param.device)
+    backend = resolve_backend("apollo_fused_update", backend, param.device)
     if backend == "triton" and param.dtype == torch.float64:
         raise ValueError("param must be float16/bfloat16/float32 for backend='triton', "
                          "got torch.float64")
-    # The registered op while torch.compile traces; eagerly the implementation itself, which
-    # skips the dispatcher's per-call cost (the optimizer calls this once per matrix per step).
-    op = _apollo_op if torch.compiler.is_compiling() else _apollo_impl
-    op(param, grad, proj_grad, exp_avg, exp_avg_sq, limiter_norm, step, float(lr),
+    # The optimizer calls this once per matrix per step: the eager bypass matters here.
+    eager_or_op(_apollo_op, _apollo_impl)(param, grad, proj_grad, exp_avg, exp_avg_sq, limiter_norm, step, float(lr),
        float(beta1), float(beta2), float(eps), float(weight_decay), float(scale), scale_type,
        float(limiter_gamma), backend)

@@ -4,7 +4,6 @@ Specialized by scale type (channel / tensor) and parameter dtype; one module hol
 """
 from __future__ import annotations
 
-import functools
 import math
 
 import torch
@@ -12,7 +11,8 @@ import torch
 from flashkit import jit
 
 from .reference import SCALE_EPS, channel_axis, limiter_slots
-from .._triton import pow2
+from .._common.specs import memoized_spec
+from .._common.triton import dtype_tag, pow2
 
 PARAM_DTYPES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
 SCALE_TYPES = ("channel", "tensor")
@@ -32,10 +32,10 @@ _MAX_BLOCK_P = 256
 
 
 
-@functools.lru_cache(maxsize=None)  # launchers call this per launch: render + hash once
+@memoized_spec
 def apollo_step_triton_spec(scale_type: str, param_dtype: torch.dtype) -> jit.KernelSpec:
     dtype = PARAM_DTYPES[param_dtype]
-    return jit.KernelSpec.create(f"apollo_step_{scale_type}_{dtype}", "triton",
+    return jit.KernelSpec.create(f"apollo_fused_update_triton_{dtype_tag(param_dtype)}_{scale_type}", "triton",
                                  "optim/apollo_step.py.j2",
                                  {"scale_type": scale_type, "param_dtype": dtype,
                                   "scale_eps": float(SCALE_EPS)})

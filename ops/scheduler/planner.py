@@ -27,83 +27,29 @@ exactly):
 """
 from __future__ import annotations
 
-import dataclasses
-import functools
 import logging
-import operator
 
 import numpy as np
 import torch
 
 from flashkit import jit
 
+from .._common.backends import resolve_backend
+from .._common.checks import INT32_MAX, check_int
+from .._common.specs import memoized_spec
+from .plan import SplitKVPlan
+from .reference import naive_plan_split_kv
+
 log = logging.getLogger("flashkit.ops.scheduler")
 
 __all__ = ["SplitKVPlan", "plan_split_kv", "planner_spec", "shipped_specs"]
 
-_BACKENDS = ("auto", "ninja", "python")
-# Positions and item indices are stored as int32 (what the attention kernels read).
-_INT32_MAX = 2**31 - 1
 
 
-@dataclasses.dataclass(frozen=True, eq=False, repr=False)
-class SplitKVPlan:
-    """A split-KV plan: work items (KV chunks of requests) and their assignment to workers.
-
-    All tensors are on the CPU; ``n_items`` is ``num_items``, ``batch`` is ``batch_size``.
-
-    Attributes
-    ----------
-    chunk_size : int
-        Tokens per chunk (a multiple of the page size); the last chunk of a request may be shorter.
-    request, kv_start, kv_end : int32 [n_items]
-        Item ``j`` covers tokens ``kv_start[j]:kv_end[j]`` of request ``request[j]``. Items are in
-        request order, then position order.
-    merge_indptr : int32 [batch + 1]
-        The items of request ``i`` are ``merge_indptr[i]:merge_indptr[i + 1]``: where its partial
-        outputs go before ``merge_states``.
-    worker_indptr : int32 [num_workers + 1], worker_items : int32 [n_items]
-        CSR: worker ``w`` runs items ``worker_items[worker_indptr[w]:worker_indptr[w + 1]]``, in
-        the order they were assigned (cost descending).
-    worker_load : int64 [num_workers]
-        Sum of the costs ``(kv_end - kv_start) + item_overhead`` of each worker's items.
-    """
-
-    chunk_size: int
-    request: torch.Tensor
-    kv_start: torch.Tensor
-    kv_end: torch.Tensor
-    merge_indptr: torch.Tensor
-    worker_indptr: torch.Tensor
-    worker_items: torch.Tensor
-    worker_load: torch.Tensor
-
-    @property
-    def num_items(self) -> int:
-        return self.request.shape[0]
-
-    @property
-    def batch_size(self) -> int:
-        return self.merge_indptr.shape[0] - 1
-
-    @property
-    def num_workers(self) -> int:
-        return self.worker_load.shape[0]
-
-    def __repr__(self) -> str:
-        load = self.worker_load
-        busy = int((self.worker_indptr[1:] > self.worker_indptr[:-1]).sum())
-        max_load = int(load.max()) if load.numel() else 0
-        mean_load = float(load.double().mean()) if load.numel() else 0.0
-        return (f"SplitKVPlan(batch={self.batch_size}, items={self.num_items}, "
-                f"chunk_size={self.chunk_size}, workers={busy}/{self.num_workers} busy, "
-                f"max_load={max_load}, mean_load={mean_load:.1f})")
-
-
-@functools.lru_cache(maxsize=None)
+@memoized_spec
 def planner_spec() -> jit.KernelSpec:
     """The one ninja spec of the planner (nothing in it varies)."""
-    return jit.KernelSpec.create("split_kv_planner", "ninja", "scheduler/split_kv.cpp.j2", {})
+    return jit.KernelSpec.create("plan_split_kv_ninja", "ninja", "scheduler/split_kv.cpp.j2", {})
 
 
 def shipped_specs(arch: str) -> list[jit.KernelSpec]:
@@ -112,7 +58,7 @@ def shipped_specs(arch: str) -> list[jit.KernelSpec]:
 
 
 _module = None  # the loaded extension, once plan_split_kv has needed it
-_auto_backend: str | None = None  # what "auto" resolved to, decided once per process
+_ninja_ok: bool | None = None  # whether the ninja planner loads here, once known
 
 
 def _ninja_module():
@@ -122,35 +68,23 @@ def _ninja_module():
     return _module
 
 
-def _resolve_auto() -> str:
-    """The ninja planner when it can build and load here, else the Python one (same plans)."""
-    global _auto_backend
-    if _auto_backend is None:
+def _ninja_loads(name: str) -> bool:
+    """The probe of ``auto`` (the plan_split_kv row of ops/_common/backends.py): whether the
+    ninja planner builds and loads here, decided once per process."""
+    global _ninja_ok
+    if _ninja_ok is None:
         ok, why = jit.get_backend("ninja").available()
         if not ok:
             log.warning("split-KV planner: %s; using the Python planner", why)
-            _auto_backend = "python"
+            _ninja_ok = False
         else:
             try:
                 _ninja_module()
-                _auto_backend = "ninja"
+                _ninja_ok = True
             except jit.JitDisabledError as exc:
                 log.warning("split-KV planner: %s; using the Python planner", exc)
-                _auto_backend = "python"
-    return _auto_backend
-
-
-def _check_int(name: str, value, lo: int) -> int:
-    try:
-        if isinstance(value, bool):
-            raise TypeError
-        v = operator.index(value)
-    except TypeError:
-        raise ValueError(f"{name} must be an int in [{lo}, {_INT32_MAX}], got "
-                         f"{type(value).__name__} {value!r}") from None
-    if not lo <= v <= _INT32_MAX:
-        raise ValueError(f"{name} must be an int in [{lo}, {_INT32_MAX}], got {v}")
-    return v
+                _ninja_ok = False
+    return _ninja_ok
 
 
 def _check_kv_lens(kv_lens) -> np.ndarray:
@@ -177,8 +111,8 @@ def _check_kv_lens(kv_lens) -> np.ndarray:
         if lo < 0:
             raise ValueError(f"kv_lens must be non-negative, got {int(lo)} at index "
                              f"{int(arr.argmin())}")
-        if hi > _INT32_MAX:
-            raise ValueError(f"kv_lens must be <= {_INT32_MAX} (int32 positions), got {int(hi)} "
+        if hi > INT32_MAX:
+            raise ValueError(f"kv_lens must be <= {INT32_MAX} (int32 positions), got {int(hi)} "
                              f"at index {int(arr.argmax())}")
     return np.ascontiguousarray(arr, dtype=np.int64)
 
@@ -224,17 +158,12 @@ def plan_split_kv(kv_lens, num_workers: int, *, page_size: int = 1, min_chunk_to
     (283, [0, 0, 0, 0, 2], [283, 566, 849, 1000, 100])
     """
     lens = _check_kv_lens(kv_lens)
-    num_workers = _check_int("num_workers", num_workers, 1)
-    page_size = _check_int("page_size", page_size, 1)
-    min_chunk_tokens = _check_int("min_chunk_tokens", min_chunk_tokens, 1)
-    item_overhead = _check_int("item_overhead", item_overhead, 0)
-    if backend not in _BACKENDS:
-        raise ValueError(f"backend must be one of {_BACKENDS}, got {backend!r}")
-    if backend == "auto":
-        backend = _resolve_auto()
+    num_workers = check_int("num_workers", num_workers, 1)
+    page_size = check_int("page_size", page_size, 1)
+    min_chunk_tokens = check_int("min_chunk_tokens", min_chunk_tokens, 1)
+    item_overhead = check_int("item_overhead", item_overhead, 0)
+    backend = resolve_backend("plan_split_kv", backend, None, available=_ninja_loads)
     if backend == "python":
-        from .reference import naive_plan_split_kv
-
         return naive_plan_split_kv(lens.tolist(), num_workers, page_size=page_size,
                                    min_chunk_tokens=min_chunk_tokens, item_overhead=item_overhead)
     chunk_size, *arrays = _ninja_module().plan(lens, num_workers, page_size, min_chunk_tokens,

@@ -9,7 +9,7 @@ import heapq
 
 import torch
 
-from .planner import SplitKVPlan
+from .plan import SplitKVPlan
 
 __all__ = ["naive_plan_split_kv"]
 

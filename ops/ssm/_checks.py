@@ -3,20 +3,13 @@ from __future__ import annotations
 
 import torch
 
-from .._validate import FLOAT_DTYPES, check_tensor, resolve_backend
-
-INDEX_DTYPES = (torch.int32, torch.int64)
-SSM_BACKENDS = ("auto", "triton", "torch")
+from .._common.backends import resolve_backend
+from .._common.checks import FLOAT_DTYPES, INDEX_DTYPES, check_tensor
 
 
 def ssm_backend(backend: str, device: torch.device) -> str:
-    """``auto``: Triton on CUDA, the torch reference elsewhere. The ssm family has no CUDA C++
-    kernels, so ``"cuda"`` is refused rather than silently mapped."""
-    if backend not in SSM_BACKENDS:
-        raise ValueError(f"backend must be one of {SSM_BACKENDS}, got {backend!r}")
-    if backend == "auto":
-        return "triton" if device.type == "cuda" else "torch"
-    return resolve_backend(backend, device)
+    """The ssm row of the backend table (ops/_common/backends.py)."""
+    return resolve_backend("ssm", backend, device)
 
 
 def check_float(name, t, *, shape=None, ndim=None, device=None, dtypes=FLOAT_DTYPES,
@@ -50,7 +43,8 @@ def check_per_head(name, t, nheads, headdim, device):
 
 
 def check_cu_seqlens(cu_seqlens, batch: int, seqlen: int, device) -> list[int] | None:
-    """Validates cu_seqlens [num_seqs + 1] (batch must be 1) and returns it as a list."""
+    """Validates cu_seqlens [num_seqs + 1] (batch must be 1) and returns it as a list: the one
+    device-to-host read of a varlen call (pass the list on, see spans.sequence_spans)."""
     if cu_seqlens is None:
         return None
     check_tensor("cu_seqlens", cu_seqlens, dtypes=INDEX_DTYPES, ndim=1, device=device)

@@ -9,26 +9,28 @@ from __future__ import annotations
 
 import torch
 
+from .._common.custom_op import custom_op, eager_or_op
 from . import reference
 from ._checks import (FLOAT_DTYPES, check_cu_seqlens, check_float, check_groups, check_per_head,
                       check_positions, check_same_dtype, ssm_backend)
+from .spans import sequence_spans
 
 __all__ = ["chunk_ssd_scan"]
 
 
-def _spans(batch, seqlen, cu_seqlens):
-    return reference.sequence_spans(batch, seqlen, cu_seqlens)
-
-
-@torch.library.custom_op("flashkit::chunk_ssd_scan", mutates_args=())
-def _chunk_ssd_scan_op(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor,
-                       C: torch.Tensor, chunk_size: int, D: torch.Tensor | None,
-                       z: torch.Tensor | None, dt_bias: torch.Tensor | None, dt_softplus: bool,
-                       initial_states: torch.Tensor | None, cu_seqlens: torch.Tensor | None,
-                       positions: torch.Tensor | None, return_final_states: bool,
-                       backend: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _chunk_ssd_scan_impl(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor,
+                         C: torch.Tensor, chunk_size: int, D: torch.Tensor | None,
+                         z: torch.Tensor | None, dt_bias: torch.Tensor | None, dt_softplus: bool,
+                         initial_states: torch.Tensor | None, cu_seqlens: torch.Tensor | None,
+                         positions: torch.Tensor | None, return_final_states: bool, backend: str,
+                         cu_seqlens_host: list[int] | None = None,
+                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    # cu_seqlens_host: cu_seqlens as the eager caller already read it (None while tracing, where
+    # a list would be baked into the graph); read here otherwise.
     batch, seqlen, nheads, headdim = x.shape
-    spans = _spans(batch, seqlen, cu_seqlens)
+    spans = sequence_spans(batch, seqlen, cu_seqlens_host if cu_seqlens_host is not None
+                           else cu_seqlens)
+
     def empty():  # a distinct tensor per unrequested output: outputs may not alias
         return x.new_empty(0, dtype=torch.float32)
 
@@ -51,9 +53,12 @@ def _chunk_ssd_scan_op(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: to
     return y, final if final is not None else empty(), ckpt if ckpt is not None else empty()
 
 
+_chunk_ssd_scan_op = custom_op("chunk_ssd_scan", _chunk_ssd_scan_impl)
+
+
 @_chunk_ssd_scan_op.register_fake
 def _(x, dt, A, B, C, chunk_size, D, z, dt_bias, dt_softplus, initial_states, cu_seqlens,
-      positions, return_final_states, backend):
+      positions, return_final_states, backend, cu_seqlens_host=None):
     batch, _, nheads, headdim = x.shape
     num_seqs = batch if cu_seqlens is None else cu_seqlens.shape[0] - 1
     dstate = B.shape[3]
@@ -133,16 +138,17 @@ def chunk_ssd_scan(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.
     check_same_dtype("z", z, "x", x)
     check_float("dt_bias", dt_bias, shape=(nheads,), device=dev, optional=True,
                 dtypes=FLOAT_DTYPES + (torch.float64,))
-    check_cu_seqlens(cu_seqlens, batch, seqlen, dev)
-    spans = _spans(batch, seqlen, cu_seqlens)
+    cu = check_cu_seqlens(cu_seqlens, batch, seqlen, dev)  # the call's one device-to-host read
+    spans = sequence_spans(batch, seqlen, cu)
     num_seqs = len(spans)
     check_float("initial_states", initial_states, shape=(num_seqs, nheads, headdim, dstate),
                 device=dev, optional=True, dtypes=FLOAT_DTYPES + (torch.float64,),
                 contiguous_last=False)
     positions = check_positions(checkpoint_positions, [e - s for _, s, e in spans])
     backend = ssm_backend(backend, dev)
-    y, final, ckpt = _chunk_ssd_scan_op(x, dt, A, B, C, chunk_size, D, z, dt_bias,
-                                        bool(dt_softplus), initial_states, cu_seqlens, positions,
-                                        bool(return_final_states), backend)
+    args = (x, dt, A, B, C, chunk_size, D, z, dt_bias, bool(dt_softplus), initial_states,
+            cu_seqlens, positions, bool(return_final_states), backend)
+    y, final, ckpt = eager_or_op(_chunk_ssd_scan_op, _chunk_ssd_scan_impl,
+                                 cu_seqlens_host=cu)(*args)
     extra = ((final,) if return_final_states else ()) + ((ckpt,) if positions is not None else ())
     return (y, *extra) if extra else y

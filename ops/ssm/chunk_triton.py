@@ -1,12 +1,11 @@
 """Triton launcher of the Mamba-2 chunked SSD scan (templates/ssm/chunk_ssd.py.j2)."""
 from __future__ import annotations
 
-import functools
-
 import torch
 
 from flashkit import jit
-from .._triton import dot_dtype, dtype_tag, pow2
+from .._common.triton import dot_f32, dot_precision, dtype_tag, pow2, tl_dtype
+from .._common.specs import memoized_spec
 
 
 # tl.dot needs every block dim >= 16.
@@ -22,19 +21,16 @@ def _block_p(headdim: int, dtype: torch.dtype) -> int:
     return max(16, min(cap, pow2(headdim)))
 
 
-@functools.lru_cache(maxsize=None)  # launchers call this per launch: render + hash once
+@memoized_spec
 def chunk_ssd_triton_spec(headdim: int, dstate: int, chunk_size: int,
                           dtype: torch.dtype) -> jit.KernelSpec:
     dname = dtype_tag(dtype)
     return jit.KernelSpec.create(
-        f"chunk_ssd_{dname}_hd{headdim}_ds{dstate}_cs{chunk_size}", "triton",
+        f"chunk_ssd_scan_triton_{dname}_hd{headdim}_ds{dstate}_cs{chunk_size}", "triton",
         "ssm/chunk_ssd.py.j2",
         {"head_dim": headdim, "dstate": dstate, "chunk_size": chunk_size,
          "block_p": _block_p(headdim, dtype), "block_n": _block_n(dstate),
-         # float32: three tf32 products per dot (~fp32 accuracy on tensor cores); "ieee" fell
-         # back to FMA loops that spilled 9-17 KB a thread.
-         "dot_precision": "tf32x3" if dtype == torch.float32 else "tf32",
-         "dot_dtype": dot_dtype(dtype)})
+         "dot_precision": dot_precision(dtype), "dot_dtype": tl_dtype(dtype)})
 
 
 def shipped_triton_specs() -> list[jit.KernelSpec]:
@@ -98,6 +94,7 @@ def chunk_ssd_scan_fwd(x, dt, A, B, C, chunk_size, D, z, dt_bias, dt_softplus, i
     block_p = _block_p(headdim, x.dtype)
     n_pblocks = -(-headdim // block_p)
     block_l = min(64, chunk_size)
+    f32_dots = dot_f32(x.dtype)
     states = torch.empty(nchunks, nheads, headdim, dstate, **f32)
     own_items = torch.stack([torch.arange(nchunks, device=dev, dtype=torch.int32),
                              chunks[:, 2], torch.arange(nchunks, device=dev, dtype=torch.int32)],
@@ -106,7 +103,7 @@ def chunk_ssd_scan_fwd(x, dt, A, B, C, chunk_size, D, z, dt_bias, dt_softplus, i
     mod._ssd_partial_state_kernel[(nchunks, nheads, n_pblocks)](
         x, B, dt_p, dA_p, chunks, own_items, states, states, nheads, heads_per_group,
         x.stride(0), x.stride(1), x.stride(2), B.stride(0), B.stride(1), B.stride(2),
-        ADD_START=False, BLOCK_L=block_l)
+        ADD_START=False, BLOCK_L=block_l, DOT_F32=f32_dots)
 
     init = (initial_states.to(**f32).contiguous() if initial_states is not None else states)
     final = final_states if final_states is not None else states
@@ -122,7 +119,7 @@ def chunk_ssd_scan_fwd(x, dt, A, B, C, chunk_size, D, z, dt_bias, dt_softplus, i
             mod._ssd_partial_state_kernel[(items.shape[0], nheads, n_pblocks)](
                 x, B, dt_p, dA_p, chunks, items, states, out, nheads, heads_per_group,
                 x.stride(0), x.stride(1), x.stride(2), B.stride(0), B.stride(1), B.stride(2),
-                ADD_START=True, BLOCK_L=block_l)
+                ADD_START=True, BLOCK_L=block_l, DOT_F32=f32_dots)
 
     D32 = (D.to(**f32).expand(headdim, nheads).t().contiguous() if D is not None and D.dim() == 1
            else D.to(**f32).contiguous() if D is not None else A32)
@@ -132,4 +129,4 @@ def chunk_ssd_scan_fwd(x, dt, A, B, C, chunk_size, D, z, dt_bias, dt_softplus, i
         x.stride(0), x.stride(1), x.stride(2), z_arg.stride(0), z_arg.stride(1), z_arg.stride(2),
         B.stride(0), B.stride(1), B.stride(2), C.stride(0), C.stride(1), C.stride(2),
         y.stride(0), y.stride(1), y.stride(2),
-        HAS_D=D is not None, HAS_Z=z is not None, BLOCK_L=block_l)
+        HAS_D=D is not None, HAS_Z=z is not None, BLOCK_L=block_l, DOT_F32=f32_dots)

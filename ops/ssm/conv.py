@@ -8,20 +8,24 @@ from __future__ import annotations
 
 import torch
 
+from .._common.custom_op import custom_op, eager_or_op
 from . import reference
 from ._checks import check_cu_seqlens, check_float, check_slot_indices, ssm_backend
+from .spans import sequence_spans
 
 __all__ = ["causal_conv1d", "causal_conv1d_update"]
 
 _ACTIVATIONS = (None, "silu")
 
 
-@torch.library.custom_op("flashkit::causal_conv1d", mutates_args=())
-def _causal_conv1d_op(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-                      activation: str | None, initial_states: torch.Tensor | None,
-                      return_final_states: bool, cu_seqlens: torch.Tensor | None,
-                      backend: str) -> tuple[torch.Tensor, torch.Tensor]:
-    spans = reference.sequence_spans(x.shape[0], x.shape[2], cu_seqlens)
+def _causal_conv1d_impl(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                        activation: str | None, initial_states: torch.Tensor | None,
+                        return_final_states: bool, cu_seqlens: torch.Tensor | None,
+                        backend: str, cu_seqlens_host: list[int] | None = None,
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
+    # cu_seqlens_host: as in chunk_ssd_scan, the eager caller's host copy of cu_seqlens.
+    spans = sequence_spans(x.shape[0], x.shape[2], cu_seqlens_host if cu_seqlens_host is not None
+                           else cu_seqlens)
     if backend == "torch":
         out, final = reference.naive_causal_conv1d(x, weight, bias, activation, initial_states,
                                                    cu_seqlens)
@@ -37,19 +41,22 @@ def _causal_conv1d_op(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor 
     return out, final
 
 
+_causal_conv1d_op = custom_op("causal_conv1d", _causal_conv1d_impl)
+
+
 @_causal_conv1d_op.register_fake
-def _(x, weight, bias, activation, initial_states, return_final_states, cu_seqlens, backend):
+def _(x, weight, bias, activation, initial_states, return_final_states, cu_seqlens, backend,
+      cu_seqlens_host=None):
     num_seqs = x.shape[0] if cu_seqlens is None else cu_seqlens.shape[0] - 1
     final = (x.new_empty(num_seqs, x.shape[1], weight.shape[1] - 1) if return_final_states
              else x.new_empty(0))
     return torch.empty_like(x, memory_format=torch.contiguous_format), final
 
 
-@torch.library.custom_op("flashkit::causal_conv1d_update", mutates_args=("conv_state",))
-def _causal_conv1d_update_op(x: torch.Tensor, conv_state: torch.Tensor, weight: torch.Tensor,
-                             bias: torch.Tensor | None, activation: str | None,
-                             conv_state_indices: torch.Tensor | None,
-                             backend: str) -> torch.Tensor:
+def _causal_conv1d_update_impl(x: torch.Tensor, conv_state: torch.Tensor, weight: torch.Tensor,
+                               bias: torch.Tensor | None, activation: str | None,
+                               conv_state_indices: torch.Tensor | None,
+                               backend: str) -> torch.Tensor:
     if backend == "torch":
         out, new = reference.naive_causal_conv1d_update(x, conv_state, weight, bias, activation,
                                                         conv_state_indices)
@@ -62,6 +69,10 @@ def _causal_conv1d_update_op(x: torch.Tensor, conv_state: torch.Tensor, weight: 
     causal_conv1d_update_triton(x3, conv_state, weight, bias, activation, conv_state_indices,
                                 out3)
     return out
+
+
+_causal_conv1d_update_op = custom_op("causal_conv1d_update", _causal_conv1d_update_impl,
+                                     mutates_args=("conv_state",))
 
 
 @_causal_conv1d_update_op.register_fake
@@ -112,13 +123,14 @@ def causal_conv1d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
     dev = x.device
     _check_weight(weight, bias, dim, dev)
     _check_activation(activation)
-    check_cu_seqlens(cu_seqlens, batch, seqlen, dev)
+    cu = check_cu_seqlens(cu_seqlens, batch, seqlen, dev)  # the call's one device-to-host read
     num_seqs = batch if cu_seqlens is None else cu_seqlens.shape[0] - 1
     check_float("initial_states", initial_states, shape=(num_seqs, dim, weight.shape[1] - 1),
                 device=dev, optional=True)
     backend = ssm_backend(backend, dev)
-    out, final = _causal_conv1d_op(x, weight, bias, activation, initial_states,
-                                   bool(return_final_states), cu_seqlens, backend)
+    out, final = eager_or_op(_causal_conv1d_op, _causal_conv1d_impl, cu_seqlens_host=cu)(
+        x, weight, bias, activation, initial_states, bool(return_final_states), cu_seqlens,
+        backend)
     return (out, final) if return_final_states else out
 
 
@@ -155,6 +167,6 @@ def causal_conv1d_update(x: torch.Tensor, conv_state: torch.Tensor, weight: torc
     _check_activation(activation)
     check_slot_indices("conv_state_indices", conv_state_indices, batch, conv_state.shape[0], dev)
     backend = ssm_backend(backend, dev)
-    return _causal_conv1d_update_op(x, conv_state, weight, bias, activation, conv_state_indices,
-                                    backend)
+    return eager_or_op(_causal_conv1d_update_op, _causal_conv1d_update_impl)(
+        x, conv_state, weight, bias, activation, conv_state_indices, backend)
 

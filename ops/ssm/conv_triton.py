@@ -1,18 +1,17 @@
 """Triton launchers of the causal depthwise conv1d (templates/ssm/causal_conv1d.py.j2)."""
 from __future__ import annotations
 
-import functools
-
 import torch
 
 from flashkit import jit
-from .._triton import pow2
+from .._common.specs import memoized_spec
+from .._common.triton import pow2
 
 
 
-@functools.lru_cache(maxsize=None)  # launchers call this per launch: render + hash once
+@memoized_spec
 def causal_conv1d_triton_spec(width: int) -> jit.KernelSpec:
-    return jit.KernelSpec.create(f"causal_conv1d_w{width}", "triton", "ssm/causal_conv1d.py.j2",
+    return jit.KernelSpec.create(f"causal_conv1d_triton_w{width}", "triton", "ssm/causal_conv1d.py.j2",
                                  {"width": width})
 
 

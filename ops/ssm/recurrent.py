@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 
+from .._common.custom_op import custom_op, eager_or_op
 from . import reference
 from ._checks import (FLOAT_DTYPES, check_float, check_groups, check_per_head, check_positions,
                       check_same_dtype, check_slot_indices, ssm_backend)
@@ -18,13 +19,12 @@ __all__ = ["selective_scan", "selective_state_update"]
 _PARAM_DTYPES = FLOAT_DTYPES + (torch.float64,)
 
 
-@torch.library.custom_op("flashkit::selective_state_update", mutates_args=("state",))
-def _selective_state_update_op(state: torch.Tensor, x: torch.Tensor, dt: torch.Tensor,
-                               A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
-                               D: torch.Tensor | None, z: torch.Tensor | None,
-                               dt_bias: torch.Tensor | None, dt_softplus: bool,
-                               state_batch_indices: torch.Tensor | None,
-                               backend: str) -> torch.Tensor:
+def _selective_state_update_impl(state: torch.Tensor, x: torch.Tensor, dt: torch.Tensor,
+                                 A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
+                                 D: torch.Tensor | None, z: torch.Tensor | None,
+                                 dt_bias: torch.Tensor | None, dt_softplus: bool,
+                                 state_batch_indices: torch.Tensor | None,
+                                 backend: str) -> torch.Tensor:
     y = torch.empty(x.shape, dtype=x.dtype, device=x.device)
     if backend == "torch":
         out, new = reference.naive_selective_state_update(
@@ -38,6 +38,10 @@ def _selective_state_update_op(state: torch.Tensor, x: torch.Tensor, dt: torch.T
     selective_state_update_triton(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus,
                                   state_batch_indices, y)
     return y
+
+
+_selective_state_update_op = custom_op("selective_state_update", _selective_state_update_impl,
+                                       mutates_args=("state",))
 
 
 @_selective_state_update_op.register_fake
@@ -120,16 +124,15 @@ def selective_state_update(state: torch.Tensor, x: torch.Tensor, dt: torch.Tenso
     check_same_dtype("z", z, "x", x)
     check_slot_indices("state_batch_indices", state_batch_indices, batch, nslots, dev)
     backend = ssm_backend(backend, dev)
-    return _selective_state_update_op(state, x, dt, A, B, C, D, z, dt_bias, bool(dt_softplus),
-                                      state_batch_indices, backend)
+    return eager_or_op(_selective_state_update_op, _selective_state_update_impl)(
+        state, x, dt, A, B, C, D, z, dt_bias, bool(dt_softplus), state_batch_indices, backend)
 
 
-@torch.library.custom_op("flashkit::selective_scan", mutates_args=())
-def _selective_scan_op(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor,
-                       C: torch.Tensor, D: torch.Tensor | None, z: torch.Tensor | None,
-                       delta_bias: torch.Tensor | None, delta_softplus: bool,
-                       initial_state: torch.Tensor | None, positions: torch.Tensor | None,
-                       backend: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _selective_scan_impl(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor,
+                         C: torch.Tensor, D: torch.Tensor | None, z: torch.Tensor | None,
+                         delta_bias: torch.Tensor | None, delta_softplus: bool,
+                         initial_state: torch.Tensor | None, positions: torch.Tensor | None,
+                         backend: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     if backend == "torch":
         y, last, ckpt = reference.naive_selective_scan(
             u, delta, A, B, C, D=D, z=z, delta_bias=delta_bias, delta_softplus=delta_softplus,
@@ -147,6 +150,9 @@ def _selective_scan_op(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B:
     selective_scan_triton(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state,
                           positions, y, last, ckpt if positions is not None else None)
     return y, last, ckpt
+
+
+_selective_scan_op = custom_op("selective_scan", _selective_scan_impl)
 
 
 @_selective_scan_op.register_fake
@@ -216,7 +222,8 @@ def selective_scan(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: tor
                 optional=True, dtypes=_PARAM_DTYPES, contiguous_last=False)
     positions = check_positions(checkpoint_positions, [seqlen] * batch)
     backend = ssm_backend(backend, dev)
-    y, last, ckpt = _selective_scan_op(u, delta, A, B, C, D, z, delta_bias, bool(delta_softplus),
-                                       initial_state, positions, backend)
+    y, last, ckpt = eager_or_op(_selective_scan_op, _selective_scan_impl)(
+        u, delta, A, B, C, D, z, delta_bias, bool(delta_softplus), initial_state, positions,
+        backend)
     extra = ((last,) if return_last_state else ()) + ((ckpt,) if positions is not None else ())
     return (y, *extra) if extra else y

@@ -1,21 +1,18 @@
 """Triton launchers of the token-by-token SSM kernels (templates/ssm/recurrent.py.j2)."""
 from __future__ import annotations
 
-import functools
-
 import torch
 
 from flashkit import jit
 
+from .._common.specs import memoized_spec
+from .._common.triton import pow2
 
-def _pow2(n: int) -> int:
-    return 1 << max(0, (n - 1).bit_length())
 
-
-@functools.lru_cache(maxsize=None)  # launchers call this per launch: render + hash once
+@memoized_spec
 def recurrent_triton_spec(dstate: int) -> jit.KernelSpec:
-    return jit.KernelSpec.create(f"ssm_recurrent_ds{dstate}", "triton", "ssm/recurrent.py.j2",
-                                 {"dstate": dstate, "block_n": _pow2(dstate)})
+    return jit.KernelSpec.create(f"ssm_recurrent_triton_ds{dstate}", "triton", "ssm/recurrent.py.j2",
+                                 {"dstate": dstate, "block_n": pow2(dstate)})
 
 
 def shipped_triton_specs() -> list[jit.KernelSpec]:
@@ -26,7 +23,7 @@ def shipped_triton_specs() -> list[jit.KernelSpec]:
 def _block_p(headdim: int, dstate: int) -> int:
     # 4096 state elements per program (32 float32 a thread at 4 warps): Mamba-2's 64 x 128 head
     # in 2 programs, Mamba-1's dim in blocks of 256 x 16.
-    return max(1, min(_pow2(headdim), 4096 // _pow2(dstate)))
+    return max(1, min(pow2(headdim), 4096 // pow2(dstate)))
 
 
 def selective_state_update_triton(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus, slots,
@@ -91,7 +88,7 @@ def selective_scan_triton(u, delta, A, B, C, D, z, delta_bias, delta_softplus, i
     init = (initial_state.to(torch.float32).contiguous() if initial_state is not None
             else last_state)
     # The state lives in registers for the whole sequence: BLOCK_D x dstate float32 per program.
-    block_d = max(1, min(_pow2(dim), 2048 // _pow2(dstate)))
+    block_d = max(1, min(pow2(dim), 2048 // pow2(dstate)))
     zz = z if z is not None else u
     kernel[(batch, -(-dim // block_d))](
         u, delta, A, B, C, D if D is not None else A, zz,

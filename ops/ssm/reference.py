@@ -13,6 +13,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .spans import sequence_spans
+
 __all__ = [
     "naive_ssd_scan", "naive_selective_scan", "naive_selective_state_update",
     "naive_causal_conv1d", "naive_causal_conv1d_update",
@@ -32,15 +34,6 @@ def _dt_transform(dt, bias, softplus: bool):
     if bias is not None:
         dt = dt + bias
     return F.softplus(dt) if softplus else dt
-
-
-def sequence_spans(batch: int, seqlen: int, cu_seqlens=None) -> list[tuple[int, int, int]]:
-    """``(batch index, start, end)`` per sequence: the rows of a batch, or the packed sequences
-    of ``cu_seqlens`` (batch 1)."""
-    if cu_seqlens is None:
-        return [(b, 0, seqlen) for b in range(batch)]
-    cu = [int(v) for v in cu_seqlens.tolist()]
-    return [(0, cu[i], cu[i + 1]) for i in range(len(cu) - 1)]
 
 
 def checkpoint_table(positions, num_seqs: int) -> torch.Tensor:

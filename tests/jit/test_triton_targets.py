@@ -30,7 +30,8 @@ WIDE_LOADS = ("_attention_fwd_kernel", "_merge_varlen_kernel", "_fused_moe_gemm1
 # tiles; up to ~11 KB a thread on sm_80; float32 is the exactness path, bf16/fp16 the fast
 # one), and the 16-bit chunk scan on sm_80 (48 B at 255 registers; 8 warps would cost sm_90
 # its 64-row wgmma tiles).
-MAY_SPILL = [("chunk_ssd_f32", None, None), ("chunk_ssd_", "_ssd_chunk_scan_kernel", "sm_80")]
+MAY_SPILL = [("chunk_ssd_scan_triton_f32", None, None),
+             ("chunk_ssd_scan_triton_", "_ssd_chunk_scan_kernel", "sm_80")]
 
 
 def _may_spill(r) -> bool:

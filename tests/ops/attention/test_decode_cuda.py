@@ -18,7 +18,7 @@ import torch
 
 import flashkit.ops.attention as A
 from flashkit import jit
-from flashkit.ops.attention import _plan
+from flashkit.ops.attention import checks as attn_checks
 from flashkit.ops.attention import decode_cuda as dc
 from tests.helpers import poison
 
@@ -43,7 +43,7 @@ SHIPPED = [spec for arch in ARCHS for spec in dc.shipped_cuda_specs(arch)]
 
 def test_shipped_specs_cover_dtypes_head_dims_layouts():
     names = {spec.name for spec in dc.shipped_cuda_specs("sm_90")}
-    assert names == {f"decode_{d}_hd{hd}_{lay}_sm90" for d in ("fp16", "bf16")
+    assert names == {f"decode_cuda_{d}_hd{hd}_{lay}_sm90" for d in ("f16", "bf16")
                      for hd in (64, 128, 256) for lay in ("nhd", "hnd")}
     shipped = {s.name for s in A._shipped_specs("sm_80")}
     assert {s.name for s in dc.shipped_cuda_specs("sm_80")} <= shipped
@@ -119,12 +119,12 @@ def test_geometry_maps_groups_onto_rows():
 
 def test_auto_keeps_triton_cuda_is_decode_only():
     cuda = torch.device("cuda")
-    assert _plan.attn_backend("auto", cuda) == "triton"
-    assert _plan.attn_backend("auto", cuda, decode=True) == "triton"
+    assert attn_checks.attn_backend("auto", cuda) == "triton"
+    assert attn_checks.attn_backend("auto", cuda, decode=True) == "triton"
     with pytest.raises(ValueError, match="decode only"):
-        _plan.attn_backend("cuda", cuda)
+        attn_checks.attn_backend("cuda", cuda)
     with pytest.raises(ValueError, match="needs CUDA tensors"):
-        _plan.attn_backend("cuda", torch.device("cpu"), decode=True)
+        attn_checks.attn_backend("cuda", torch.device("cpu"), decode=True)
 
 
 def test_cuda_refuses_what_it_cannot_run():

@@ -45,8 +45,8 @@ SHIPPED = [spec for arch in ARCHS for spec in msc.shipped_cuda_specs(arch)]
 
 def test_shipped_specs_cover_dtypes_and_head_dims():
     names = {spec.name for spec in msc.shipped_cuda_specs("sm_90")}
-    assert names == {f"merge_state_{d}_hd{hd}_v{16 // e}_sm90"
-                     for d, e in (("fp16", 2), ("bf16", 2), ("fp32", 4)) for hd in (64, 128, 256)}
+    assert names == {f"merge_state_cuda_{d}_hd{hd}_v{16 // e}_sm90"
+                     for d, e in (("f16", 2), ("bf16", 2), ("f32", 4)) for hd in (64, 128, 256)}
 
 
 @pytest.mark.parametrize("spec", SHIPPED, ids=lambda spec: spec.name)

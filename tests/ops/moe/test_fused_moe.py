@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import flashkit.ops.moe as moe
-from flashkit.ops.moe import naive_fused_moe, naive_fused_topk, tuning
+from flashkit.ops.moe import autotune_fused_moe, naive_fused_moe, naive_fused_topk, tuning
 from tests.helpers import assert_rel_rmse, device, kernel_backends, poison
 
 # Awkward sizes: hidden 40 and ffn 48 are not multiples of the 32-wide blocks (masked edges).
@@ -218,7 +218,7 @@ def test_config_lookup_and_autotune_smoke(tmp_path, monkeypatch):
     if device() == "cpu":
         pytest.importorskip("triton")
     cands = [CONFIG, dict(CONFIG, BLOCK_N=16, GROUP_M=1)]
-    path = tuning.autotune_fused_moe(8, FFN, HIDDEN, 2, token_counts=(3,), dtype=torch.float32,
+    path = autotune_fused_moe(8, FFN, HIDDEN, 2, token_counts=(3,), dtype=torch.float32,
                                      device=device(), candidates=cands, reps=1, folder=tmp_path)
     table = json.loads(path.read_text())
     assert list(table) == ["3"] and table["3"] in cands

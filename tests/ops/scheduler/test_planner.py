@@ -258,7 +258,7 @@ def test_repr_summary():
 def test_spec_is_shipped():
     spec = scheduler.planner_spec()
     assert spec is scheduler.planner_spec()
-    assert spec.backend == "ninja" and spec.uri.startswith("split_kv_planner_")
+    assert spec.backend == "ninja" and spec.uri.startswith("plan_split_kv_ninja_")
     assert scheduler.shipped_specs("sm_80") == [spec]
     # Through the registry's table: jit.shipped_specs() would also run every other family's hook.
     assert registry._SHIPPED["scheduler"]("sm_90") == [spec]
@@ -273,7 +273,7 @@ def test_docstring_examples(module):
 
 def test_auto_falls_back_when_jit_disabled(isolated_cache, monkeypatch, caplog):
     monkeypatch.setattr(planner_module, "_module", None)
-    monkeypatch.setattr(planner_module, "_auto_backend", None)
+    monkeypatch.setattr(planner_module, "_ninja_ok", None)
     monkeypatch.setenv("FLASHKIT_DISABLE_JIT", "1")
     lens = [5000, 17, 0, 900]
     with caplog.at_level("WARNING", logger="flashkit.ops.scheduler"):

@@ -1,10 +1,11 @@
 """chunk_ssd_scan against the sequential float64 recurrence; resume, checkpoints, varlen."""
 import pytest
 import torch
+from torch.overrides import TorchFunctionMode
 
 from flashkit.ops.ssm import chunk_ssd_scan, naive_ssd_scan
 from flashkit.ops.ssm.chunk_triton import chunk_ssd_scan_fwd
-from flashkit.ops.ssm.reference import sequence_spans
+from flashkit.ops.ssm.spans import sequence_spans
 from tests.helpers import device, poison
 
 from .common import BACKENDS, STATE_TOL, check, gen, rand, randn
@@ -159,6 +160,31 @@ def test_varlen_equals_loop():
         torch.testing.assert_close(y[:, a:b], y1, atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(final[i:i + 1], f1, atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(ckpt[i:i + 1], c1, atol=1e-5, rtol=1e-5)
+
+
+class _HostReads(TorchFunctionMode):
+    """Counts the reads of one tensor's values on the host (a device-to-host copy on a GPU)."""
+
+    READS = {"tolist", "item", "cpu", "numpy", "__int__", "__index__", "__bool__"}
+
+    def __init__(self, tensor):
+        super().__init__()
+        self.tensor, self.count = tensor, 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if getattr(func, "__name__", "") in self.READS and args and args[0] is self.tensor:
+            self.count += 1
+        return func(*args, **(kwargs or {}))
+
+
+def test_varlen_reads_cu_seqlens_once():
+    """A varlen call reads cu_seqlens on the host once (its check), not again for the spans."""
+    cu_t = torch.tensor([0, 5, 21, 40], dtype=torch.int32, device=device())
+    kw = make(29, 1, 40, nseqs=3)
+    with _HostReads(cu_t) as reads:
+        y = chunk_ssd_scan(**kw, chunk_size=16, cu_seqlens=cu_t, backend="triton")
+    assert reads.count == 1
+    check(y, reference(kw, cu_seqlens=cu_t)[0], torch.float32, what="y")
 
 
 def test_non_contiguous_views():

@@ -97,7 +97,7 @@ def test_update(state_len, seqlen, backend):
 
 def test_poisoned_outputs():
     from flashkit.ops.ssm.conv_triton import causal_conv1d_fwd_triton
-    from flashkit.ops.ssm.reference import sequence_spans
+    from flashkit.ops.ssm.spans import sequence_spans
 
     kw = make(9, 2, 70, 4)
     out = poison(torch.empty_like(kw["x"]))

@@ -1,6 +1,7 @@
-// Paged decode attention (one query token per request), split-KV: one CTA per (work item, KV
-// head, block of that KV head's q heads). A work item is the plan's (request, kv chunk)
-// (ops/attention/decode.py: split_kv_plan); the CTA writes the chunk's float32 partial state
+// The CUDA path of paged decode attention (one query token per request; the Triton path is
+// templates/attention/attention.py.j2), split-KV: one CTA per (work item, KV head, block of
+// that KV head's q heads), launched by ops/attention/decode_cuda.py. A work item is the plan's
+// (request, kv chunk) (ops/attention/items.py: split_kv_plan); the CTA writes the chunk's float32 partial state
 // (o, base-2 lse) for every q head of its block into the workspace rows that the Triton path
 // uses (part_v [n_items_pad, Hq, D], part_s [n_items_pad, Hq]), and the varlen merge over
 // merge_indptr combines the chunks of a request. The math is ops/attention/reference.py's

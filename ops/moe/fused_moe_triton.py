@@ -2,12 +2,11 @@
 GEMMs (templates/moe/fused_moe.py.j2)."""
 from __future__ import annotations
 
-import functools
-
 import torch
 
 from flashkit import jit
-from .._triton import dot_dtype, dtype_tag, pow2
+from .._common.triton import dot_f32, dot_precision, dtype_tag, pow2, tl_dtype
+from .._common.specs import memoized_spec
 
 _ACTIVATION_EXPR = {
     "silu": "x * tl.sigmoid(x)",
@@ -16,24 +15,22 @@ _ACTIVATION_EXPR = {
 
 
 
-@functools.lru_cache(maxsize=None)  # launchers call this per launch: render + hash once
+@memoized_spec
 def fused_topk_triton_spec(num_experts: int, topk: int, num_groups: int,
                            topk_group: int) -> jit.KernelSpec:
     return jit.KernelSpec.create(
-        f"fused_topk_e{num_experts}_k{topk}_g{num_groups}_tg{topk_group}", "triton",
+        f"fused_topk_triton_e{num_experts}_k{topk}_g{num_groups}_tg{topk_group}", "triton",
         "moe/fused_topk.py.j2",
         {"num_experts": num_experts, "topk": topk, "num_groups": num_groups,
          "topk_group": topk_group, "block_g": pow2(num_groups),
          "block_s": pow2(num_experts // num_groups), "block_k": pow2(topk)})
 
 
-@functools.lru_cache(maxsize=None)
+@memoized_spec
 def fused_moe_triton_spec(dtype: torch.dtype, activation: str) -> jit.KernelSpec:
-    # float32 asks for exact products (ieee); half types ignore the precision argument.
-    precision = "ieee" if dtype == torch.float32 else "tf32"
     return jit.KernelSpec.create(
-        f"fused_moe_{dtype_tag(dtype)}_{activation}", "triton", "moe/fused_moe.py.j2",
-        {"dot_dtype": dot_dtype(dtype), "dot_precision": precision, "activation": activation,
+        f"fused_moe_triton_{dtype_tag(dtype)}_{activation}", "triton", "moe/fused_moe.py.j2",
+        {"dot_dtype": tl_dtype(dtype), "dot_precision": dot_precision(dtype), "activation": activation,
          "activation_expr": jit.Snippet(_ACTIVATION_EXPR[activation], "expression")})
 
 
@@ -73,7 +70,7 @@ def fused_moe_triton(hidden, w1, w2, topk_weights, topk_ids, activation, config,
     num_sorted, num_valid = sorted_ids.shape[0], tokens * topk
     mod = jit.load(fused_moe_triton_spec(hidden.dtype, activation))
     consts = dict(TOPK=topk, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, GROUP_M=group_m,
-                  num_warps=warps, num_stages=stages)
+                  DOT_F32=dot_f32(hidden.dtype), num_warps=warps, num_stages=stages)
     m_blocks = -(-num_sorted // block_m)
     inter = torch.empty(num_valid, ffn, dtype=hidden.dtype, device=hidden.device)
     mod._fused_moe_gemm1_kernel[(m_blocks * -(-ffn // block_n),)](

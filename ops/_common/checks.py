@@ -1,10 +1,16 @@
 """Input checks shared by the public ops: each failure is a ValueError naming the argument."""
 from __future__ import annotations
 
+import operator
+
 import torch
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
-BACKENDS = ("auto", "cuda", "triton", "torch")
+# Index tensors: what the ssm and moe ops take (int64 ids are converted where a kernel reads
+# int32); attention's page tables are int32 only (the kernels read them as int32, as FlashInfer).
+INDEX_DTYPES = (torch.int32, torch.int64)
+INT32_DTYPES = (torch.int32,)
+INT32_MAX = 2**31 - 1
 
 
 def _names(dtypes) -> str:
@@ -28,23 +34,16 @@ def check_tensor(name: str, t, *, dtypes=None, ndim: int | None = None, shape=No
                          f"got strides {tuple(t.stride())}")
 
 
-def resolve_backend(backend: str, device: torch.device) -> str:
-    """``auto``: the CUDA kernels on a GPU (Triton where NVRTC is missing), the torch reference
-    on CPU. An explicit choice is checked against the device."""
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    if backend == "auto":
-        if device.type != "cuda":
-            return "torch"
-        from flashkit.jit import get_backend
-
-        return "cuda" if get_backend("nvrtc").available()[0] else "triton"
-    if backend == "cuda" and device.type != "cuda":
-        raise ValueError(f"backend='cuda' needs CUDA tensors, got tensors on {device}")
-    if backend == "triton" and device.type != "cuda":
-        import os
-
-        if os.environ.get("TRITON_INTERPRET", "0") != "1":
-            raise ValueError(f"backend='triton' on {device} tensors needs TRITON_INTERPRET=1 "
-                             "(Triton's interpreter) set before the first launch")
-    return backend
+def check_int(name: str, value, lo: int, hi: int = INT32_MAX) -> int:
+    """A Python (or numpy) int in [lo, hi], returned as an int; bools are refused. The default
+    bound is int32's: positions and counts reach the kernels as int32."""
+    try:
+        if isinstance(value, bool):
+            raise TypeError
+        v = operator.index(value)
+    except TypeError:
+        raise ValueError(f"{name} must be an int in [{lo}, {hi}], got "
+                         f"{type(value).__name__} {value!r}") from None
+    if not lo <= v <= hi:
+        raise ValueError(f"{name} must be in [{lo}, {hi}], got {v}")
+    return v
