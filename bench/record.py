@@ -66,6 +66,9 @@ def environment(device: str) -> dict:
 
     commit = _git("rev-parse", "HEAD")
     status = _git("status", "--porcelain", "--untracked-files=no") if commit else None
+    if commit is None:
+        # A copy of the tree without .git (a GPU host's): the commit the run was prepared at.
+        commit = os.environ.get("FLASHKIT_GIT_COMMIT") or None
     return {
         "device": _device_info(device),
         # Host cases (planners) run here whatever the device.
@@ -113,9 +116,13 @@ def _dumps(record: dict) -> str:
 
 
 def write_json(record: dict, path: str | os.PathLike) -> Path:
+    """Write ``record`` to ``path`` atomically (a process killed mid-write leaves the previous
+    version, never half a file)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(_dumps(record))
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(_dumps(record))
+    os.replace(tmp, path)
     return path
 
 
