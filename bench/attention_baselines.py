@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import functools
 
-import torch
-
 __all__ = ["FlexPagedDecode", "ContiguousDecode", "sdpa_prefill", "SDPA_BACKENDS",
            "kv_lens_of"]
 
@@ -30,8 +28,10 @@ SDPA_BACKENDS = {"flash": "FLASH_ATTENTION", "cudnn": "CUDNN_ATTENTION",
                  "efficient": "EFFICIENT_ATTENTION"}
 
 
-def kv_lens_of(indptr: torch.Tensor, last_page_len: torch.Tensor, page_size: int) -> torch.Tensor:
+def kv_lens_of(indptr, last_page_len, page_size: int):
     """Tokens per request of a paged table: (pages - 1) * page_size + last (0 without pages)."""
+    import torch
+
     pages = (indptr[1:] - indptr[:-1]).to(torch.int64)
     return torch.where(pages > 0, (pages - 1) * page_size + last_page_len.to(torch.int64),
                        torch.zeros_like(pages))
@@ -52,6 +52,7 @@ class FlexPagedDecode:
 
     def __init__(self, indptr, indices, last_page_len, num_pages: int, page_size: int, *,
                  compiled: bool):
+        import torch
         from torch.nn.attention.flex_attention import BlockMask, flex_attention
 
         device = indices.device
@@ -82,7 +83,7 @@ class FlexPagedDecode:
         self.page_size, self.num_pages = page_size, num_pages
         self._flex = torch.compile(flex_attention, dynamic=False) if compiled else flex_attention
 
-    def __call__(self, q: torch.Tensor, cache: torch.Tensor) -> torch.Tensor:
+    def __call__(self, q, cache):
         pages, two, page_size, hk, d = cache.shape
         if two != 2 or page_size != self.page_size or pages != self.num_pages:
             raise ValueError(f"cache must be [{self.num_pages}, 2, {self.page_size}, HK, D] (NHD),"
@@ -103,6 +104,8 @@ class ContiguousDecode:
     """
 
     def __init__(self, cache, indptr, indices, last_page_len, page_size: int):
+        import torch
+
         from flashkit.ops.attention.reference import naive_gather_paged_kv
 
         kv = naive_gather_paged_kv(cache, indptr.cpu(), indices.cpu(), last_page_len.cpu())
@@ -120,14 +123,15 @@ class ContiguousDecode:
             self.mask = (pos[None, :] < torch.tensor(lens, device=cache.device)[:, None]
                          ).view(batch, 1, 1, longest)
 
-    def __call__(self, q: torch.Tensor, cache=None) -> torch.Tensor:
+    def __call__(self, q, cache=None):
+        import torch
+
         o = torch.nn.functional.scaled_dot_product_attention(
             q.unsqueeze(2), self.k, self.v, attn_mask=self.mask, enable_gqa=True)
         return o.squeeze(2)
 
 
-def sdpa_prefill(backend: str | None, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                 *, expand_kv: bool = False) -> torch.Tensor:
+def sdpa_prefill(backend: str | None, q, k, v, *, expand_kv: bool = False):
     """Causal attention of one request: q [seq, HQ, D], k/v [seq, HK, D] -> o [seq, HQ, D].
 
     ``backend``: a key of :data:`SDPA_BACKENDS` (that backend only; it raises where it cannot
@@ -135,6 +139,7 @@ def sdpa_prefill(backend: str | None, q: torch.Tensor, k: torch.Tensor, v: torch
     the call, for backends without GQA (the caller does it once, outside the timing, by passing
     already-expanded tensors; this flag is for a one-off call).
     """
+    import torch
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     qt, kt, vt = (t.transpose(0, 1)[None] for t in (q, k, v))

@@ -11,7 +11,7 @@ import subprocess
 from importlib import metadata
 from pathlib import Path
 
-__all__ = ["environment", "results_dir", "save", "write_json", "device_slug"]
+__all__ = ["environment", "results_dir", "save", "write_json", "device_slug", "commit"]
 
 _HERE = Path(__file__).resolve().parent
 
@@ -56,6 +56,11 @@ def _git(*args: str) -> str | None:
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout.strip()
+
+
+def commit() -> str | None:
+    """The checkout's commit (FLASHKIT_GIT_COMMIT in a copy without .git), or None."""
+    return _git("rev-parse", "HEAD") or os.environ.get("FLASHKIT_GIT_COMMIT") or None
 
 
 def environment(device: str) -> dict:

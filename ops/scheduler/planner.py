@@ -123,20 +123,33 @@ def _ninja_module():
 
 
 def _resolve_auto() -> str:
-    """The ninja planner when it can build and load here, else the Python one (same plans)."""
-    global _auto_backend
+    """The ninja planner when it can build and load here, else the Python one (same plans).
+    With the JIT allowed, a planner not yet cached is built in the background (background.py)
+    and the Python planner serves until it has loaded."""
+    global _auto_backend, _module
     if _auto_backend is None:
         ok, why = jit.get_backend("ninja").available()
         if not ok:
             log.warning("split-KV planner: %s; using the Python planner", why)
             _auto_backend = "python"
-        else:
+        elif jit.jit_disabled():
             try:
                 _ninja_module()
                 _auto_backend = "ninja"
             except jit.JitDisabledError as exc:
                 log.warning("split-KV planner: %s; using the Python planner", exc)
                 _auto_backend = "python"
+        else:
+            from .background import module_if_ready
+
+            try:
+                module = module_if_ready(planner_spec())
+            except jit.JitError:  # logged by the build
+                _auto_backend = "python"
+            else:
+                if module is None:
+                    return "python"  # still building: decide again on the next plan
+                _module, _auto_backend = module, "ninja"
     return _auto_backend
 
 
@@ -207,8 +220,9 @@ def plan_split_kv(kv_lens, num_workers: int, *, page_size: int = 1, min_chunk_to
     backend : {"auto", "ninja", "python"}
         ``"ninja"``: the C++ planner (compiled on first use, a few seconds, then cached on disk).
         ``"python"``: the plain-Python reference. ``"auto"``: ninja when a C++ toolchain is
-        present and the JIT is allowed to run (or the planner is already cached), else python.
-        Both give identical plans.
+        present and the JIT is allowed to run (or the planner is already cached), else python;
+        a planner not yet cached builds in a background thread while python serves, so the
+        first plan never waits for the compiler. Both give identical plans.
 
     Returns
     -------
