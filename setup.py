@@ -61,6 +61,8 @@ setup(
         "cuda-python>=12.6; platform_system == 'Linux'",
         "nvidia-cuda-nvrtc; platform_system == 'Linux'",
     ],
-    extras_require={"test": ["pytest>=8", "pytest-xdist>=3", "pytest-benchmark>=4"]},
+    # fla-core: the chunk_ssd_scan benchmark's baseline; its tests check the mapping on CPU.
+    extras_require={"test": ["pytest>=8", "pytest-xdist>=3", "pytest-benchmark>=4",
+                             "fla-core==0.6.0"]},
     entry_points={"console_scripts": ["flashkit = flashkit.cli:main"]},
 )

@@ -109,17 +109,17 @@ def default_plan(out_dir: str, *, python: str = sys.executable, workers: int | N
     tests_est, tests_detail = estimate.tests(n_tests, workers, plugins)
     sections = [
         Section("environment", "device, clocks, driver, versions; copy and bf16 matmul ceilings",
-                30, [[python, "-m", "flashkit.gpucheck.environment", "--json", "{result}"]],
+                25, [[python, "-m", "flashkit.gpucheck.environment", "--json", "{result}"]],
                 estimate_s=estimate.ENVIRONMENT_S, detail="start + 1 GiB copies + 8192^3 matmul"),
         Section("tests", "pytest: -m gpu, then the kernel tests (tests/ops, optim, moe) on the "
-                "GPU", 125, _pytest_commands(python, workers, plugins)[:1 if quick else None],
+                "GPU", 130, _pytest_commands(python, workers, plugins)[:1 if quick else None],
                 result="jsonl",
                 estimate_s=tests_est, detail=tests_detail),
     ]
     for name, cap, title in (("attention", 100, "paged decode kv 1k-32k + Zipf; causal prefill "
                               "1k-16k"),
-                             ("ssm", 40, "chunk_ssd_scan, Mamba-2 2.7B, with/without checkpoints"),
-                             ("moe", 55, "fused_moe: Mixtral 8x top-2, Qwen3-30B-A3B 128x top-8"),
+                             ("ssm", 30, "chunk_ssd_scan, Mamba-2 2.7B, with/without checkpoints"),
+                             ("moe", 45, "fused_moe: Mixtral 8x top-2, Qwen3-30B-A3B 128x top-8"),
                              ("misc", 50, "merge_states; the APOLLO step")):
         est, detail = estimate.bench(BENCH_CASES[name])
         sections.append(Section(name, title, cap,
@@ -127,13 +127,13 @@ def default_plan(out_dir: str, *, python: str = sys.executable, workers: int | N
                                 estimate_s=est, detail=detail))
     est, detail = estimate.jit_cold()
     sections.append(Section(
-        "jit_cold", "cold JIT: first-call wait per backend, fresh processes, empty caches", 50,
+        "jit_cold", "cold JIT: first-call wait per backend, fresh processes, empty caches", 70,
         [[python, "-m", "flashkit.bench.jit_cold", "--repeats", "1", "--no-save", "--json",
-          "{result}", *(["--only", "nvrtc", "plan"] if quick else [])]],
+          "{result}", *(["--only", "plan", "nvrtc"] if quick else [])]],
         estimate_s=est, detail=detail))
     for s in sections:
         s.index = index[s.name]
     return sections
 
 
-DEFAULT_BUDGET_S = 30 + 125 + 100 + 40 + 55 + 50 + 50  # 450 s
+DEFAULT_BUDGET_S = 25 + 130 + 100 + 30 + 45 + 50 + 70  # 450 s
