@@ -81,7 +81,14 @@ class FlexPagedDecode:
             kv_num_blocks, kv_indices, BLOCK_SIZE=(page_size, page_size), mask_mod=mask_mod,
             seq_lengths=(1, num_pages * page_size))
         self.page_size, self.num_pages = page_size, num_pages
-        self._flex = torch.compile(flex_attention, dynamic=False) if compiled else flex_attention
+        if compiled:
+            # Each case has its own mask_mod (a guard failure, so a recompile): start from a
+            # clean dynamo cache so that the ninth case is not sent to eager by the recompile
+            # limit (8 per function) without a word.
+            torch._dynamo.reset()
+            self._flex = torch.compile(flex_attention, dynamic=False)
+        else:
+            self._flex = flex_attention
 
     def __call__(self, q, cache):
         pages, two, page_size, hk, d = cache.shape
@@ -100,18 +107,26 @@ class ContiguousDecode:
 
     The copy into ``[B, HK, max_len, D]`` happens once here (setup); calls time the attention.
     Calling it with ``q [B, HQ, D]`` (and the paged cache, ignored: the data was copied)
-    returns ``o [B, HQ, D]``.
+    returns ``o [B, HQ, D]``. Raises :class:`~flashkit.bench.registry.Unavailable` when the
+    padded copy would exceed ``max_bytes``.
     """
 
-    def __init__(self, cache, indptr, indices, last_page_len, page_size: int):
+    def __init__(self, cache, indptr, indices, last_page_len, page_size: int, *,
+                 max_bytes: float = 16 * 2**30):
         import torch
 
         from flashkit.ops.attention.reference import naive_gather_paged_kv
 
-        kv = naive_gather_paged_kv(cache, indptr.cpu(), indices.cpu(), last_page_len.cpu())
-        lens = [k.shape[0] for k, _ in kv]
+        from .registry import Unavailable
+
+        lens = kv_lens_of(indptr.cpu(), last_page_len.cpu(), page_size).tolist()
         longest = max(lens)
-        batch, hk, d = len(kv), cache.shape[3], cache.shape[4]
+        batch, hk, d = len(lens), cache.shape[3], cache.shape[4]
+        padded = 2 * batch * hk * longest * d * cache.element_size()
+        if padded > max_bytes:
+            raise Unavailable(f"padding {batch} requests to the longest ({longest} tokens) "
+                              f"takes {padded / 2**30:.0f} GiB")
+        kv = naive_gather_paged_kv(cache, indptr.cpu(), indices.cpu(), last_page_len.cpu())
         self.k = cache.new_zeros(batch, hk, longest, d)
         self.v = cache.new_zeros(batch, hk, longest, d)
         for b, (k, v) in enumerate(kv):
