@@ -168,3 +168,16 @@ def test_bad_arguments(argv, message, capsys, tmp_path):
     assert exc.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0]
+
+
+def test_performance_doc_floors_match_the_cases():
+    """docs/performance.md's floor tables are the cases' own counts (regenerate them with
+    flashkit.gpucheck.estimate.floor_table when a case changes)."""
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "performance.md").read_text()
+    names = [n for section in plan.BENCH_CASES.values() for n in section
+             if not n.startswith("APOLLO")]
+    for row in estimate.floor_table(names):
+        assert row in doc, row
+    assert doc.lower().count("not yet measured") == 1

@@ -129,3 +129,19 @@ def jit_cold() -> tuple[float, str]:
     procs, compiles = 6, 7.5 + 5.0 + 0.3 + 2.5 + 5.0
     return START_S + procs * (START_S - 2) + compiles, f"{procs} fresh processes + compiles"
 
+
+
+def floor_table(names: list[str]) -> list[str]:
+    """Markdown rows ``| case | shape | MB moved | GFLOP | floor us | bound |`` of bench cases at
+    the H200 ceilings above (docs/performance.md holds this table; a test keeps them equal)."""
+    from flashkit.bench.registry import cases
+
+    found = {c.name: c for c in cases(device="cuda")}
+    rows = []
+    for name in names:
+        c = found[name]
+        mem, mm = c.bytes / COPY_BPS, c.flops / MATMUL_FLOPS
+        bound = "memory" if mem >= mm else "matmul"
+        rows.append(f"| `{name}` | {c.shape} | {c.bytes / 1e6:,.1f} | {c.flops / 1e9:,.1f} | "
+                    f"{max(mem, mm) * 1e6:,.1f} | {bound} |")
+    return rows
