@@ -61,6 +61,9 @@ for _ in range(2):
     torch.cuda.synchronize(); t = time.perf_counter()
     w.run(q, cache); torch.cuda.synchronize(); times.append(time.perf_counter() - t)
 print(times[0] - times[1])
+from flashkit.ops.scheduler import planner_spec
+from flashkit.ops.scheduler.background import wait
+wait(planner_spec(), timeout=600)  # no compiler left running into the next sample
 """
 
 # Without a GPU: record the decode launches under the interpreter, then time the compile for
@@ -80,6 +83,9 @@ with record_launches() as launches:
 results = compile_launches(launches, archs=("sm_90",))
 assert all(r["ok"] for r in results), results
 print(sum(r["seconds"] for r in results))
+from flashkit.ops.scheduler import planner_spec
+from flashkit.ops.scheduler.background import wait
+wait(planner_spec(), timeout=600)  # no compiler left running into the next sample
 """
 
 _PLAN = """
@@ -94,11 +100,11 @@ wait(planner_spec(), timeout=600)
 
 _DECODE_GPU = """
 import time, torch
-torch.cuda.init(); torch.empty(1, device="cuda")  # the CUDA context is not the JIT's wait
-t = time.perf_counter()
 from flashkit.ops.attention import BatchDecodeWithPagedKVCacheWrapper
 from flashkit.ops.scheduler import planner_spec
 from flashkit.ops.scheduler.background import wait
+torch.empty(1, device="cuda")  # the CUDA context and the imports are not the JIT's wait
+t = time.perf_counter()
 dev, bf16 = "cuda", torch.bfloat16
 lens = [1000, 300]
 pages = [-(-n // 16) for n in lens]

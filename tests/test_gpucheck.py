@@ -112,11 +112,14 @@ def test_pytest_log_plugin(tmp_path):
         "def test_bad():\n    assert 1 == 2\n"
         "@pytest.mark.skip(reason='nope')\ndef test_skip():\n    pass\n")
     log = tmp_path / "log.jsonl"
-    subprocess.run([PY, "-m", "pytest", "-q", "-p", "flashkit.gpucheck.pytest_log", "-p",
-                    "no:cacheprovider", str(tmp_path / "test_x.py")], cwd=tmp_path,
+    # Under xdist, as in the GPU run: the controller writes each line once.
+    subprocess.run([PY, "-m", "pytest", "-q", "-n", "2", "-p", "flashkit.gpucheck.pytest_log",
+                    "-p", "no:cacheprovider", str(tmp_path / "test_x.py")], cwd=tmp_path,
                    env={**__import__("os").environ, "FLASHKIT_GPUCHECK_TESTLOG": str(log)},
                    capture_output=True, timeout=120)
-    items = {i["test"].split("::")[1]: i for i in runner._read_result(log, "jsonl")}
+    lines = runner._read_result(log, "jsonl")
+    items = {i["test"].split("::")[1]: i for i in lines}
+    assert len(lines) == 3, lines
     assert items["test_ok"]["outcome"] == "passed"
     assert items["test_bad"]["outcome"] == "failed" and "assert 1 == 2" in items["test_bad"][
         "message"]

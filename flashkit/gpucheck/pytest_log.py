@@ -15,7 +15,8 @@ _ENV = "FLASHKIT_GPUCHECK_TESTLOG"
 
 def pytest_runtest_logreport(report):
     path = os.environ.get(_ENV)
-    if not path:
+    # xdist workers see their own reports too: only the controller (or a plain run) writes.
+    if not path or os.environ.get("PYTEST_XDIST_WORKER"):
         return
     # One line per test: its call phase, or the setup/teardown phase that failed or skipped it.
     if report.when != "call" and report.passed:
