@@ -11,7 +11,7 @@ import torch
 from flashkit.bench.attention_baselines import (ContiguousDecode, FlexPagedDecode, kv_lens_of,
                                                 sdpa_prefill)
 from flashkit.bench.cases.moe import grouped_mm_moe, torch_loop_moe
-from flashkit.bench.cases.single_prefill import blocked_reference
+from flashkit.bench.cases.prefill import blocked_reference
 from flashkit.ops.attention.reference import (naive_batch_attention, naive_gather_paged_kv,
                                               naive_single_attention)
 
