@@ -93,6 +93,7 @@ def test_environment_context_and_own_ceilings(tmp_path):
     runner.run_plan(sections, tmp_path, 10, command="t", min_start_s=0.1, echo=lambda line: None)
     rec = json.loads((tmp_path / "02_bench.json").read_text())
     assert rec["device"] == {"name": "Fake"} and rec["git"] == {"commit": "abc"}
+    assert json.loads((tmp_path / runner.SUMMARY).read_text())["device"] == {"name": "Fake"}
     assert rec["result"] == ["--quick"]
 
 

@@ -8,13 +8,10 @@ import sys
 from pathlib import Path
 
 from . import estimate
-from .plan import DEFAULT_BUDGET_S, TEST_SELECTIONS, default_plan
+from .plan import DEFAULT_BUDGET_S, REPO, TEST_SELECTIONS, default_plan
 from .runner import SUMMARY, run_plan, scaled_caps
 
 __all__ = ["main", "print_plan"]
-
-_REPO = Path(__file__).resolve().parents[2]
-
 
 def _default_out() -> Path | None:
     """bench/results/gpucheck_<UTC date>_<commit>/ in a source checkout, else None."""
@@ -85,8 +82,8 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"--only: no section {', '.join(unknown)}; sections: "
                          f"{', '.join(names)}")
     n_tests = None
-    if args.dry_run and (_REPO / "tests").is_dir():
-        n_tests = estimate.count_tests(sys.executable, TEST_SELECTIONS, _REPO)
+    if args.dry_run and (REPO / "tests").is_dir():
+        n_tests = estimate.count_tests(sys.executable, TEST_SELECTIONS, REPO)
     # A dry run estimates for the GPU host (16 cores, pytest-xdist there), wherever it runs.
     sections = default_plan(str(out), workers=args.workers or (16 if args.dry_run else None),
                             plugins={"xdist", "timeout"} if args.dry_run else None,

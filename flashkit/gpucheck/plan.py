@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import sys
+from pathlib import Path
 from typing import Callable
 
 from . import estimate
@@ -21,6 +22,7 @@ __all__ = ["Section", "default_plan", "DEFAULT_BUDGET_S", "TEST_TIMEOUT_S", "BEN
 # largest specializations is ~3 s on an H100; a test 40x that is hung, not slow).
 TEST_TIMEOUT_S = 120
 
+REPO = Path(__file__).resolve().parents[2]
 _DECODE, _PREFILL = "BatchDecodeWithPagedKVCacheWrapper", "single_prefill_with_kv_cache"
 # The benchmarks of each section, headline shapes first (case names; see bench/cases/).
 BENCH_CASES = {
@@ -64,6 +66,7 @@ class Section:
     detail: str = ""
     env: dict = dataclasses.field(default_factory=dict)
     index: int = 0  # the file's number (NN_name.json), fixed by the full plan
+    cwd: str | None = None  # where the commands run (pytest's paths are the checkout's)
 
 
 # The gpu-marked tests first (they are few), then every other kernel test: on a GPU the suite
@@ -113,7 +116,7 @@ def default_plan(out_dir: str, *, python: str = sys.executable, workers: int | N
                 estimate_s=estimate.ENVIRONMENT_S, detail="start + 1 GiB copies + 8192^3 matmul"),
         Section("tests", "pytest: -m gpu, then the kernel tests (tests/ops, optim, moe) on the "
                 "GPU", 130, _pytest_commands(python, workers, plugins)[:1 if quick else None],
-                result="jsonl",
+                result="jsonl", cwd=str(REPO),
                 estimate_s=tests_est, detail=tests_detail),
     ]
     for name, cap, title in (("attention", 100, "paged decode kv 1k-32k + Zipf; causal prefill "

@@ -127,7 +127,7 @@ def _run_commands(section: Section, cap_s: float, result_path: Path, log_path: P
                 status = "timeout"
                 break
             proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env,
-                                    start_new_session=True)
+                                    cwd=section.cwd, start_new_session=True)
             try:
                 codes.append(proc.wait(timeout=left))
             except subprocess.TimeoutExpired:
@@ -189,6 +189,7 @@ def run_plan(sections: list[Section], out_dir, budget_s: float, *, command: str,
                 if section.name == "environment" and isinstance(result, dict):
                     env_record = result
                     rec.update({k: result.get(k) for k in _CONTEXT_KEYS + ("ceilings",)})
+                    summary.update({k: result.get(k) for k in _CONTEXT_KEYS})
             _write(path, rec)
             entry = summary["sections"][i]
             entry.update(status=rec["status"], elapsed_s=rec.get("elapsed_s"))
