@@ -185,3 +185,44 @@ def test_performance_doc_floors_match_the_cases():
     for row in estimate.floor_table(names):
         assert row in doc, row
     assert doc.lower().count("not yet measured") == 1
+
+
+def _row(case, impl, ms, status="ok", **kw):
+    return {"case": case, "impl": impl, "median_ms": ms, "status": status, **kw}
+
+
+def test_report_goals(tmp_path):
+    from flashkit.gpucheck import report
+
+    dec, pre = "BatchDecodeWithPagedKVCacheWrapper", "single_prefill_with_kv_cache"
+    rows = [_row(f"{dec}/b32_kv4096_uniform", "flashkit-triton", 1.0, frac_copy=0.93),
+            _row(f"{dec}/b32_kv1024_uniform", "flashkit-triton", 1.0, frac_copy=0.5),
+            _row(f"{dec}/b64_kv4096_zipf", "flashkit-triton", 2.0),
+            _row(f"{dec}/b64_kv4096_zipf", "torch-flex_attention", 2.1),
+            _row(f"{pre}/causal_seq8192", "flashkit-triton", 1.0, frac_matmul=0.8),
+            _row(f"{pre}/causal_seq8192", "torch-sdpa-flash", 0.95),
+            _row(f"{pre}/causal_seq8192", "torch-sdpa-cudnn", 0.85),
+            _row(f"{pre}/causal_seq8192", "torch-sdpa-efficient", None, "skipped"),
+            _row("chunk_ssd_scan/b1_L8192", "flashkit-triton", 1.0),
+            _row("chunk_ssd_scan/b1_L8192", "fla-chunk_simple_gla", 1.5),
+            _row("chunk_ssd_scan/ckpt_b1_L8192", "flashkit-triton", 1.04),
+            _row("fused_moe/mixtral_t64", "flashkit-triton", 1.0, "inaccurate", note="err"),
+            _row("fused_moe/mixtral_t64", "torch-grouped_mm", 1.0)]
+    for i, (name, result) in enumerate([("attention", {"rows": rows}),
+                                        ("jit_cold", {"rows": [{"backend": "decode",
+                                                                "cold_s": 1.5}]})]):
+        (tmp_path / f"0{i + 3}_{name}.json").write_text(json.dumps(
+            {"kind": "gpucheck-section", "section": name, "status": "ok", "result": result}))
+    met = {(what, goal): ok for what, _, goal, ok in report.goals(report._load(tmp_path))}
+    assert met[(f"{dec}/b32_kv4096_uniform", ">= 90% of copy")] is True
+    assert (f"{dec}/b32_kv1024_uniform", ">= 90% of copy") not in met  # the goal is kv >= 4k
+    assert met[(f"{dec}/b64_kv4096_zipf", ">= 1.1x flex_attention")] is False  # 1.05x
+    assert met[(f"{pre}/causal_seq8192", ">= 0.9x best SDPA")] is False  # cuDNN 0.85 ms: 0.85x
+    assert met[(f"{pre}/causal_seq8192", ">= 75% of matmul")] is True
+    assert met[("chunk_ssd_scan/b1_L8192", ">= 1.2x fla-core")] is True
+    assert met[("chunk_ssd_scan/ckpt_b1_L8192", "<= 5% extra")] is True
+    assert met[("chunk_ssd_scan/ckpt_b1_L8192", ">= 1.2x fla-core")] is None  # no fla row
+    assert met[("fused_moe/mixtral_t64", ">= 1.2x torch._grouped_mm")] is None  # inaccurate
+    assert met[("cold JIT, decode end to end", "< 2 s")] is True
+    text = report.markdown(tmp_path)
+    assert "INACCURATE fused_moe/mixtral_t64 flashkit-triton: err" in text

@@ -99,6 +99,9 @@ def main(argv: list[str] | None = None) -> int:
     command = shlex.join([sys.executable, "-m", "flashkit.gpucheck", *args_list])
     summary = run_plan(sections, out, args.budget_s, command=command,
                        context={"plan": [s.name for s in sections]})
+    from .report import markdown
+
+    print(markdown(out))  # last, so that the end of the log carries it
     bad = [s for s in summary["sections"] if s["status"] != "ok"]
     print(f"gpucheck: {len(summary['sections']) - len(bad)}/{len(summary['sections'])} sections "
           f"ok in {summary['elapsed_s']:.0f} s; summary {out / SUMMARY}")
