@@ -67,12 +67,14 @@ def _setup(batch, kv_len, skew, device, quick) -> Setup:
     dgen = torch.Generator(device=device).manual_seed(batch * 7 + kv_len)
     lens = decode_lens(batch, kv_len, skew)
     cache, indptr, indices, last = _paged(lens, device, gen, dgen)
-    ws = torch.empty(256 << 20, dtype=torch.uint8, device=device)
     impls, baselines, skipped = {}, {}, {}
 
     def wrapper(backend):
         if backend != "torch":
             needs_cuda(device)
+        # A workspace per wrapper: a plan lives in its workspace, so two wrappers planned on one
+        # buffer would run each other's plans.
+        ws = torch.empty(256 << 20, dtype=torch.uint8, device=device)
         w = BatchDecodeWithPagedKVCacheWrapper(ws, backend=backend)
         w.plan(indptr, indices, last, HQ, HK, DIM, PAGE, q_data_type=torch.bfloat16)
         return w.run
