@@ -83,7 +83,8 @@ def optional(table: dict, skipped: dict, name: str, build: Callable[[], Callable
     imports what it needs and returns the callable (it may call it once to probe). An
     ImportError becomes "<module> is not installed", :class:`Unavailable` its message, any other
     exception "<type>: <message>" (a baseline that cannot run is a skipped row with its reason,
-    never a missing one). Returns whether it was added.
+    never a missing one). Returns whether it was added. flashkit's own implementations are
+    added directly, not through this: a failure there is an error row, never a skip.
     """
     try:
         table[name] = build()

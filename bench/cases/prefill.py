@@ -88,13 +88,11 @@ def _setup(seq, device, quick) -> Setup:
             for _ in range(2))
     impls, baselines, skipped = {}, {}, {}
 
-    def flashkit(backend):
-        if backend != "torch":
-            needs_cuda(device)
-        return functools.partial(single_prefill_with_kv_cache, causal=True, backend=backend)
-
-    for backend in ("triton",) if cuda else ("torch", "triton"):
-        optional(impls, skipped, f"flashkit-{backend}", functools.partial(flashkit, backend))
+    backend = "triton" if cuda else "torch"
+    impls[f"flashkit-{backend}"] = functools.partial(single_prefill_with_kv_cache, causal=True,
+                                                     backend=backend)
+    if not cuda:
+        skipped["flashkit-triton"] = "Triton runs in its interpreter on CPU: not timed"
     for backend in SDPA_BACKENDS:
         optional(baselines, skipped, f"torch-sdpa-{backend}",
                  functools.partial(_sdpa, backend, device, q, k, v))
