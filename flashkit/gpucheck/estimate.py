@@ -1,6 +1,7 @@
 """Estimated seconds of each GPU-check section on an H200, from the sizes of what it runs.
 
-A model, written down so that a run can be compared with it (the summary records both):
+A model, written down so that a run can be compared with it (the summary records both). Its
+constants are assumptions unless a measurement is cited; the first GPU run replaces them:
 
 - every section pays a fresh Python with torch and a CUDA context: :data:`START_S`;
 - a bench case pays its inputs (written once at ~200 GB/s by torch's generators), the reference
@@ -22,14 +23,14 @@ __all__ = ["bench", "tests", "count_tests", "jit_cold", "floor_s", "pytest_plugi
 
 COPY_BPS = 4.3e12
 MATMUL_FLOPS = 780e12
-START_S = 8.0  # python + torch import + CUDA context, measured ~6-9 s on H100 hosts
+START_S = 8.0  # python + torch import + CUDA context (assumed; torch's import alone takes seconds)
 # Environment: the start, nvidia-smi, 1 GiB copies (200 ms warm-up + 300 ms) and the 8192^3
 # matmul (the same), allocations included.
 ENVIRONMENT_S = START_S + 4.0
 FILL_BPS = 200e9
-# Seconds of a row's first call the first time its implementation appears in a section (JIT
-# builds: a Triton compile ~2.5 s, torch.compile of flex_attention ~20 s), then on later cases
-# (a new specialization of the same kernel).
+# Seconds of a row's first call the first time its implementation appears in a section, then on
+# later cases (a new specialization of the same kernel). A Triton compile of the decode kernel
+# took 2.54 s on the CPU box (bench/results/); the torch.compile times are assumed.
 FIRST_USE_S = {"flashkit-triton": (3.0, 1.5), "flashkit-cuda": (1.0, 0.5),
                "torch-flex_attention": (20.0, 8.0), "torch-compile": (15.0, 6.0)}
 OTHER_FIRST_S = (0.5, 0.1)
@@ -49,8 +50,8 @@ ROWS = {
 }
 # Rows slower than the floor by far: host loops and float32 references (multiples of the floor).
 SLOW_ROWS = {"torch-loop": 8.0, "flashkit-torch": 4.0, "torch-reference": 4.0}
-# One kernel test on a GPU: most of the ~1000 share their kernels (the JIT and Triton caches
-# are shared by the xdist workers), so a first compile (~2.5 s) is paid by a few of them.
+# One kernel test on a GPU (assumed): most of the ~1100 share their kernels (the JIT and Triton
+# caches are shared by the xdist workers), so a first compile (~2.5 s) is paid by a few of them.
 TEST_S = 1.5
 TESTS_START_S = START_S + 12.0  # pytest start, collection, xdist workers' own starts
 
@@ -124,8 +125,9 @@ def tests(n_tests: int | None, workers: int, plugins: set[str]) -> tuple[float, 
 
 def jit_cold() -> tuple[float, str]:
     """Fresh processes: a cold decode end to end, the first plan, nvrtc cold + warm, Triton,
-    ninja (each pays the start), plus their compiles and the awaited planner builds (decode 2.5
-    + 5, plan 5, nvrtc 0.3, Triton 2.5, ninja 5 s, as measured on the CPU box and H100s)."""
+    ninja (each pays the start), plus their compiles and the awaited planner builds: nvrtc 0.3 s
+    and Triton 2.5 s as on the CPU box (bench/results/), the planner 5 s (4.6-4.8 s on an H100
+    host, issue 11) in the ninja, plan and decode samples, the decode's kernels 2.5 s."""
     procs, compiles = 6, 7.5 + 5.0 + 0.3 + 2.5 + 5.0
     return START_S + procs * (START_S - 2) + compiles, f"{procs} fresh processes + compiles"
 
