@@ -9,7 +9,7 @@ PYTEST_ARGS ?= -n 2
 PY         := $(VENV)/bin/python
 STAMP      := $(VENV)/.flashkit-installed
 
-.PHONY: demo test bench bench-apollo gpu-check venv clean
+.PHONY: demo test bench bench-apollo gpu-check wheels venv clean
 
 $(STAMP): setup.py pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -41,17 +41,29 @@ $(BASELINE_VENV)/.installed: setup.py pyproject.toml
 bench-apollo: $(BASELINE_VENV)/.installed
 	$(BASELINE_VENV)/bin/python -m flashkit bench apollo
 
-# On a GPU machine whose python already has a CUDA torch, triton and the other dependencies (no
-# package index needed): install flashkit in place, run the GPU tests (failures are reported,
-# the benchmarks still run), then the benchmarks of BENCH_OPS (all by default). Results: JSON
-# under bench/results/, plus the test report and the run's JSON in GPU_OUT.
-GPU_OUT  ?= build/gpu-check
-BENCH_OPS ?=
+# fla-core, the baseline of chunk_ssd_scan: a pure-Python wheel (~1 MB) that the GPU host, which
+# has no package index, gets only by carrying it. `make wheels` downloads it here into wheels/
+# (ignored by git); a device run carries wheels/ and gpu-check installs it from there.
+WHEELS   ?= wheels
+FLA_CORE ?= fla-core==0.6.0
+wheels:
+	$(PYTHON) -m pip download --quiet --no-deps --only-binary=:all: -d $(WHEELS) "$(FLA_CORE)"
+
+# On a GPU machine whose python already has a CUDA torch, triton and the test tools (no package
+# index needed): install flashkit in place and the carried wheels, then run the prepared check
+# (python -m flashkit.gpucheck: environment and ceilings, GPU tests, benchmarks, cold JIT; one
+# JSON per section in GPU_OUT as it ends; default budget 450 s). GPU_OUT defaults to
+# bench/results/gpucheck_<date>_<commit>/; `make gpu-check GPUCHECK_ARGS=--dry-run` shows the plan.
+GPU_OUT       ?=
+GPU_BUDGET_S  ?=
+GPUCHECK_ARGS ?=
 gpu-check:
 	$(PYTHON) -m pip install --quiet --no-deps --no-build-isolation -e .
-	mkdir -p $(GPU_OUT)
-	-$(PYTHON) -m pytest -m gpu -q --junitxml=$(GPU_OUT)/gpu-tests.xml
-	$(PYTHON) -m flashkit bench $(BENCH_OPS) --json $(GPU_OUT)/bench.json
+	@if ls $(WHEELS)/*.whl >/dev/null 2>&1; then \
+		$(PYTHON) -m pip install --quiet --no-deps --no-index $(WHEELS)/*.whl; \
+	else echo "no $(WHEELS)/*.whl: the fla-core rows will be skipped (make wheels here, carry $(WHEELS)/)"; fi
+	$(PYTHON) -m flashkit.gpucheck $(if $(GPU_OUT),--out $(GPU_OUT)) \
+		$(if $(GPU_BUDGET_S),--budget-s $(GPU_BUDGET_S)) $(GPUCHECK_ARGS)
 
 clean:
 	rm -rf $(VENV) $(BASELINE_VENV) .pytest_cache build *.egg-info

@@ -70,7 +70,9 @@ setup(
         "debloat": DEBLOAT,
         "transformers": TRANSFORMERS,
         "test": ["pytest>=8", "pytest-xdist>=3", "pytest-benchmark>=4", "hypothesis>=6",
-                 *DEBLOAT, "nvidia-cuda-cuobjdump", *TRANSFORMERS],
+                 *DEBLOAT, "nvidia-cuda-cuobjdump", *TRANSFORMERS,
+                 # the chunk_ssd_scan benchmark's baseline; its tests check the mapping on CPU
+                 "fla-core==0.6.0"],
     },
     entry_points={"console_scripts": ["flashkit = flashkit.cli:main"]},
 )

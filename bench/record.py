@@ -11,7 +11,7 @@ import subprocess
 from importlib import metadata
 from pathlib import Path
 
-__all__ = ["environment", "results_dir", "save", "write_json", "device_slug"]
+__all__ = ["environment", "results_dir", "save", "write_json", "device_slug", "commit"]
 
 _HERE = Path(__file__).resolve().parent
 
@@ -58,6 +58,11 @@ def _git(*args: str) -> str | None:
     return out.stdout.strip()
 
 
+def commit() -> str | None:
+    """The checkout's commit (FLASHKIT_GIT_COMMIT in a copy without .git), or None."""
+    return _git("rev-parse", "HEAD") or os.environ.get("FLASHKIT_GIT_COMMIT") or None
+
+
 def environment(device: str) -> dict:
     """Device, host, versions and the git state of the checkout (None outside one)."""
     import torch
@@ -66,6 +71,9 @@ def environment(device: str) -> dict:
 
     commit = _git("rev-parse", "HEAD")
     status = _git("status", "--porcelain", "--untracked-files=no") if commit else None
+    if commit is None:
+        # A copy of the tree without .git (a GPU host's): the commit the run was prepared at.
+        commit = os.environ.get("FLASHKIT_GIT_COMMIT") or None
     return {
         "device": _device_info(device),
         # Host cases (planners) run here whatever the device.
@@ -113,9 +121,13 @@ def _dumps(record: dict) -> str:
 
 
 def write_json(record: dict, path: str | os.PathLike) -> Path:
+    """Write ``record`` to ``path`` atomically (a process killed mid-write leaves the previous
+    version, never half a file)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(_dumps(record))
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(_dumps(record))
+    os.replace(tmp, path)
     return path
 
 

@@ -14,7 +14,8 @@ import math
 import pkgutil
 from typing import Callable, Sequence
 
-__all__ = ["Case", "Setup", "register", "cases", "load_cases", "input_sets"]
+__all__ = ["Case", "Setup", "Unavailable", "register", "cases", "load_cases", "input_sets",
+           "optional", "needs_cuda"]
 
 
 @dataclasses.dataclass
@@ -70,6 +71,40 @@ class Case:
 _CASES: dict[str, Case] = {}
 
 
+class Unavailable(Exception):
+    """Raised by a builder passed to :func:`optional`: this implementation cannot run here (the
+    message says why, e.g. "needs a CUDA device")."""
+
+
+def optional(table: dict, skipped: dict, name: str, build: Callable[[], Callable]) -> bool:
+    """``table[name] = build()`` if it can be built here, else ``skipped[name] = why``.
+
+    The one way every case adds an implementation or baseline that may be missing: ``build``
+    imports what it needs and returns the callable (it may call it once to probe). An
+    ImportError becomes "<module> is not installed", :class:`Unavailable` its message, any other
+    exception "<type>: <message>" (a baseline that cannot run is a skipped row with its reason,
+    never a missing one). Returns whether it was added. flashkit's own implementations are
+    added directly, not through this: a failure there is an error row, never a skip.
+    """
+    try:
+        table[name] = build()
+        return True
+    except ImportError as exc:
+        skipped[name] = f"{exc.name or exc} is not installed"
+    except Unavailable as exc:
+        skipped[name] = str(exc)
+    except Exception as exc:  # noqa: BLE001 - any failure to build is the row's reason
+        text = f"{type(exc).__name__}: {exc}".strip().splitlines()
+        skipped[name] = text[0][:300] if text else type(exc).__name__
+    return False
+
+
+def needs_cuda(device: str) -> None:
+    """Raise :class:`Unavailable` unless ``device`` is a CUDA device."""
+    if not str(device).startswith("cuda"):
+        raise Unavailable("needs a CUDA device")
+
+
 def register(case: Case) -> Case:
     if case.name in _CASES:
         raise ValueError(f"benchmark case {case.name!r} is registered twice")
@@ -85,7 +120,9 @@ def load_cases() -> None:
 
 
 def _matches(case: Case, pattern: str) -> bool:
-    return (pattern == case.op or case.name.startswith(pattern)
+    """An op (its public name, any case: ``apollo`` selects ``APOLLO``), a case-name prefix or a
+    glob."""
+    return (pattern.lower() == case.op.lower() or case.name.startswith(pattern)
             or fnmatch.fnmatchcase(case.name, pattern))
 
 

@@ -1,4 +1,4 @@
-"""The benchmark runner: ``python -m bench.run [OP ...] [--quick] [--json PATH] [--device D]``.
+"""The benchmark runner: ``python -m flashkit.bench.run [OP ...] [--quick] [--list] [--json PATH]``.
 
 Measures the device's ceilings, then for each selected case and implementation: checks the
 output against the case's reference once (max abs error), times it (median, p20, p80) and derives
@@ -26,7 +26,7 @@ from .ceilings import measure_ceilings
 from .registry import Case, Setup, cases
 from .timing import measure, sync
 
-__all__ = ["main", "run_case", "max_abs_error"]
+__all__ = ["main", "run", "run_case", "max_abs_error", "add_arguments", "argv_of"]
 
 log = logging.getLogger("flashkit.bench")
 
@@ -236,55 +236,132 @@ def _flashkit_logs(console):
         logger.setLevel(level)
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n")[0])
+def one_line_errors(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Make ``parser.error`` print one line (``prog: error: message``) and exit with status 2."""
+    def error(message):
+        parser.exit(2, f"{parser.prog}: error: {message}\n")
+
+    parser.error = error
+    return parser
+
+
+def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The bench options (shared by ``python -m flashkit.bench.run`` and ``flashkit bench``)."""
     p.add_argument("ops", nargs="*", metavar="OP",
-                   help="ops, case-name prefixes or globs (default: all)")
+                   help="public op names (any case), case-name prefixes or globs (default: all)")
     p.add_argument("--quick", action="store_true", help="small shapes, few repetitions (CI, demo)")
-    p.add_argument("--json", metavar="PATH", help="also write the record to PATH")
+    p.add_argument("--json", metavar="PATH",
+                   help="also write the record to PATH (rewritten after every case)")
     p.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda when available")
     p.add_argument("--no-save", action="store_true", help="do not add the record to bench/results/")
     p.add_argument("--list", action="store_true", help="list the selected cases and exit")
-    return p
+    p.add_argument("--ceilings", metavar="JSON",
+                   help="take the ceilings from this record (one measured earlier in the same "
+                        "run, e.g. gpucheck's environment section) instead of measuring them")
+    return one_line_errors(p)
+
+
+def _parser() -> argparse.ArgumentParser:
+    return add_arguments(argparse.ArgumentParser(prog="python -m flashkit.bench.run",
+                                                 description=__doc__.split("\n")[0]))
+
+
+def argv_of(args: argparse.Namespace) -> list[str]:
+    """The canonical argument list of parsed bench options (what the record calls the command)."""
+    out = list(args.ops)
+    for flag in ("quick", "no_save", "list"):
+        if getattr(args, flag):
+            out.append("--" + flag.replace("_", "-"))
+    for opt in ("json", "device", "ceilings"):
+        if getattr(args, opt):
+            out += ["--" + opt, getattr(args, opt)]
+    return out
+
+
+def _check_json_path(parser, path: str) -> None:
+    """Fail before any measurement when ``--json`` cannot be written."""
+    import os
+
+    target = os.path.abspath(path)
+    parent = os.path.dirname(target)
+    try:
+        os.makedirs(parent, exist_ok=True)
+        existed = os.path.exists(target)
+        with open(target, "a"):
+            pass
+        if not existed:
+            os.remove(target)
+    except OSError as exc:
+        parser.error(f"--json {path}: cannot write there ({exc.strerror or exc})")
+
+
+def _load_ceilings(parser, path: str) -> dict:
+    import json
+
+    try:
+        with open(path) as f:
+            rec = json.load(f)
+        ceilings = rec["ceilings"]
+        float(ceilings["copy_gbps"]), float(ceilings["matmul_tflops"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        parser.error(f"--ceilings {path}: no ceilings record there ({type(exc).__name__}: {exc})")
+    return dict(ceilings, source=str(path))
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``python -m flashkit.bench.run [OP ...] [options]``; see :func:`add_arguments`."""
+    parser = _parser()
+    args_list = sys.argv[1:] if argv is None else list(argv)
+    module = __spec__.name if __spec__ is not None else "bench.run"
+    return run(parser.parse_args(args_list), parser,
+               shlex.join([sys.executable, "-m", module, *args_list]))
+
+
+def run(args: argparse.Namespace, parser: argparse.ArgumentParser, command: str) -> int:
+    """Run the parsed bench options; ``command`` is recorded as the exact command."""
     import torch
     from rich.console import Console
 
-    args_list = sys.argv[1:] if argv is None else list(argv)
-    parser = _parser()
-    args = parser.parse_args(args_list)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
+    if device == "cuda" and not torch.cuda.is_available() and not args.list:
         parser.error("--device cuda: no CUDA device is available")
     selected = cases(args.ops, device=device, quick=args.quick)
     if not selected:
         known = sorted({c.op for c in cases()})
-        parser.error(f"no case matches {args.ops or 'anything'} on {device}"
+        parser.error(f"no case matches {' '.join(args.ops) or 'anything'} on {device}"
                      f"{' with --quick' if args.quick else ''}; ops: {', '.join(known)}")
 
     console = Console() if sys.stdout.isatty() else Console(width=200)
     if args.list:
         for c in selected:
-            console.print(f"{c.name}  [dim]{c.shape}[/dim]")
+            console.print(f"{c.name}  [dim]{c.shape}[/dim]", highlight=False)
         return 0
-    module = __spec__.name if __spec__ is not None else "bench.run"
+    if args.json:
+        _check_json_path(parser, args.json)
+    given = _load_ceilings(parser, args.ceilings) if args.ceilings else None
     started = _dt.datetime.now(_dt.timezone.utc)
     rec = {"schema": 1, "timestamp": started.isoformat(timespec="seconds"),
-           "command": shlex.join([sys.executable, "-m", module, *args_list]), "argv": args_list,
+           "command": command, "argv": argv_of(args),
            **record.environment(device),
            "settings": {"quick": args.quick, **SETTINGS[args.quick],
                         "timing": ("cuda events behind a spin kernel (host cases: perf_counter)"
-                                   if device == "cuda" else "perf_counter per call")}}
+                                   if device == "cuda" else "perf_counter per call")},
+           "complete": False, "cases": [c.name for c in selected]}
     rows = []
     with _flashkit_logs(console):
-        with console.status("measuring the device's ceilings"):
-            rec["ceilings"] = measure_ceilings(device, args.quick)
+        if given is not None:
+            rec["ceilings"] = given
+        else:
+            with console.status("measuring the device's ceilings"):
+                rec["ceilings"] = measure_ceilings(device, args.quick)
         for case in selected:
             with console.status(case.name):
                 rows += run_case(case, device, args.quick, rec["ceilings"])
+            rec["rows"] = rows
+            if args.json:  # a run stopped from outside keeps every finished case
+                record.write_json(rec, args.json)
     rec["rows"] = rows
+    rec["complete"] = True
     rec["elapsed_s"] = round((_dt.datetime.now(_dt.timezone.utc) - started).total_seconds(), 2)
 
     console.print(_table(rows, rec["ceilings"], rec["device"]["name"]))

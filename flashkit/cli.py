@@ -135,12 +135,6 @@ def _cmd_jit_unbundle(args) -> int:
     return 0
 
 
-def _cmd_bench(args) -> int:
-    from .bench.run import main as bench_main
-
-    return bench_main(args.bench_args)
-
-
 def _cmd_demo(args) -> int:
     from .demo import main as demo_main
 
@@ -176,10 +170,9 @@ def build_parser() -> argparse.ArgumentParser:
     unbundle.add_argument("path")
     unbundle.set_defaults(fn=_cmd_jit_unbundle)
 
-    bench = sub.add_parser("bench", help="run benchmarks (flashkit bench [OP…] [--quick] [--json PATH])",
-                           add_help=False)
-    bench.add_argument("bench_args", nargs=argparse.REMAINDER)
-    bench.set_defaults(fn=_cmd_bench)
+    from .bench.cli import add_parser as add_bench_parser
+
+    add_bench_parser(sub)  # bench
 
     from .cache.cli import add_parser as add_cache_parsers
 

@@ -126,7 +126,7 @@ def main(quick: bool = True) -> int:
     from flashkit.bench.run import main as bench_main
 
     console.rule("timings (flashkit bench --quick)")
-    bench_args = ["merge_states", "split_kv", "--device", device, "--no-save"]
+    bench_args = ["merge_states", "plan_split_kv", "--device", device, "--no-save"]
     status = bench_main(bench_args + (["--quick"] if quick else []))
     all_ok &= status == 0
     console.rule("[green]all checks passed" if all_ok else "[red]some checks failed")

@@ -23,7 +23,7 @@ ROW_FIELDS = {"case", "op", "shape", "impl", "role", "device", "status", "error"
 def quick_record(tmp_path_factory):
     """One quick CPU run of both registered ops (the ceilings are measured once for both)."""
     path = tmp_path_factory.mktemp("bench") / "out.json"
-    rc = run.main(["merge_states", "split_kv", "--quick", "--device", "cpu", "--json", str(path),
+    rc = run.main(["merge_states", "plan_split_kv", "--quick", "--device", "cpu", "--json", str(path),
                    "--no-save"])
     return rc, json.loads(path.read_text())
 
@@ -65,10 +65,10 @@ def test_quick_run_merge_states(quick_record):
 
 def test_quick_run_planner(quick_record):
     _, rec = quick_record
-    cases = {r["case"] for r in rec["rows"] if r["op"] == "split_kv"}
+    cases = {r["case"] for r in rec["rows"] if r["op"] == "plan_split_kv"}
     assert len(cases) == 2
     for r in rec["rows"]:
-        if r["op"] == "split_kv":
+        if r["op"] == "plan_split_kv":
             assert r["status"] == "ok", r
             assert r["median_ms"] > 0 and r["gbps"] is None and r["max_abs_err"] == 0
     assert all("flashkit-python" in r["speedup"] for r in rec["rows"]

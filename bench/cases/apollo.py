@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import functools
 
-from ..registry import Case, Setup, register
+from ..registry import Case, Setup, optional, register
 
 GPU = dict(hidden=4096, ffn=11008, vocab=32000, layers=4, rank=256, dtype="bfloat16")
 CPU = dict(hidden=1024, ffn=2752, vocab=8000, layers=2, rank=64, dtype="float32")
@@ -86,20 +86,23 @@ def _setup(cfg: dict, device: str, quick: bool) -> Setup:
         skipped["flashkit-apollo-triton"] = "Triton would run in its interpreter on the CPU"
     baselines = {"torch-adamw-foreach": functools.partial(adamw, foreach=True),
                  "torch-adamw-fused": functools.partial(adamw, fused=True)}
-    try:
+
+    def apollo_torch(rank, scale_type, scale):
         from apollo_torch import APOLLOAdamW
-    except ImportError:
-        skipped["apollo-torch"] = "apollo_torch is not installed"
-    else:
-        def apollo_torch(rank, scale_type, scale):
+
+        def make():
             proj, other = groups(0)
             return APOLLOAdamW([{"params": other},
                                 {"params": proj, "rank": rank, "proj": "random",
                                  "scale_type": scale_type, "scale": scale,
                                  "update_proj_gap": 200, "proj_type": "std"}], lr=LR)
 
-        baselines["apollo-torch"] = functools.partial(apollo_torch, cfg["rank"], "channel", 1)
-        baselines["apollo-torch-mini"] = functools.partial(apollo_torch, 1, "tensor", 128)
+        return make
+
+    optional(baselines, skipped, "apollo-torch",
+             functools.partial(apollo_torch, cfg["rank"], "channel", 1))
+    optional(baselines, skipped, "apollo-torch-mini", functools.partial(apollo_torch, 1, "tensor",
+                                                                        128))
 
     def build(table):
         out = {}
@@ -120,7 +123,7 @@ def _setup(cfg: dict, device: str, quick: bool) -> Setup:
 def _case(tag: str, cfg: dict, **kw) -> Case:
     h, f, v, n = cfg["hidden"], cfg["ffn"], cfg["vocab"], cfg["layers"]
     return register(Case(
-        name=f"apollo/{tag}_h{h}_l{n}_r{cfg['rank']}", op="apollo",
+        name=f"APOLLO/{tag}_h{h}_l{n}_r{cfg['rank']}", op="APOLLO",
         shape=f"LLaMA-like h={h} ffn={f} vocab={v} layers={n} {cfg['dtype']} rank={cfg['rank']}",
         setup=functools.partial(_setup, cfg), **kw))
 

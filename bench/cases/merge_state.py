@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import functools
 
-from ..registry import Case, Setup, input_sets, register
+from ..registry import Case, Setup, input_sets, needs_cuda, optional, register
 
 # GPU shapes: decode/prefill token counts x split-KV fan-outs, 32 heads of 128 (Llama-3-8B/70B
 # per-GPU heads at TP 1/2).
@@ -68,17 +68,18 @@ def _setup(seq: int, n: int, heads: int, dim: int, device: str, quick: bool) -> 
         # send the ninth shape to eager without a word.
         torch._dynamo.reset()
         baselines["torch-compile"] = torch.compile(naive_merge_states, dynamic=False)
-        try:
-            import flashinfer
-        except ImportError:
-            skipped["flashinfer"] = "flashinfer is not installed"
-        else:
-            baselines["flashinfer"] = flashinfer.merge_states
     else:
         skipped["flashkit-triton"] = "Triton runs in its interpreter on CPU: not timed"
         skipped["flashkit-cuda"] = "needs a CUDA device"
         skipped["torch-compile"] = "CUDA only"
-        skipped["flashinfer"] = "needs a CUDA device"
+
+    def flashinfer():
+        import flashinfer as fi
+
+        needs_cuda(device)
+        return fi.merge_states
+
+    optional(baselines, skipped, "flashinfer", flashinfer)
     return Setup(impls=impls, baselines=baselines, inputs=[make() for _ in range(n_sets)],
                  reference=naive_merge_states, atol=ATOL, skipped=skipped)
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import functools
 
-from ..registry import Case, Setup, input_sets, register
+from ..registry import Case, Setup, Unavailable, input_sets, optional, register
 
 # (name, E, topk, hidden, ffn): Mixtral-8x7B and Qwen3-30B-A3B.
 MODELS = [("mixtral", 8, 2, 4096, 14336), ("qwen3_30b_a3b", 128, 8, 2048, 768)]
@@ -97,13 +97,16 @@ def _setup(tokens, num_experts, topk, hidden, ffn, device: str, quick: bool) -> 
     skipped = {}
     if cuda:
         impls["flashkit-triton"] = functools.partial(fused_moe, backend="triton")
-        if hasattr(torch, "_grouped_mm"):
-            baselines["torch-grouped_mm"] = grouped_mm_moe
-        else:
-            skipped["torch-grouped_mm"] = "this torch has no torch._grouped_mm"
     else:
         skipped["flashkit-triton"] = "Triton runs in its interpreter on CPU: not timed"
-        skipped["torch-grouped_mm"] = "CUDA only"
+
+    def grouped_mm():
+        if not hasattr(torch, "_grouped_mm"):
+            raise Unavailable("this torch has no torch._grouped_mm")
+        return grouped_mm_moe
+
+    # On the CPU too (float32): the same computation, checked against the reference.
+    optional(baselines, skipped, "torch-grouped_mm", grouped_mm)
     return Setup(impls=impls, baselines=baselines, inputs=[make() for _ in range(n_sets)],
                  reference=lambda *a: naive_fused_moe(*a), atol=ATOL if cuda else 1e-3,
                  skipped=skipped)
@@ -123,4 +126,4 @@ for _name, _e, _k, _h, _f in MODELS:
         _case(_name, _t, _e, _k, _h, _f, devices=("cuda",),
               quick=("cuda",) if (_name, _t) == ("qwen3_30b_a3b", 4096) else ())
 # The CPU's --quick case (float32 on CPU): a smoke test of the runner, not numbers to compare.
-_case("tiny", 64, 8, 2, 128, 256, devices=("cpu",), full=False, quick=("cpu",))
+_case("tiny", 64, 8, 2, 128, 256, devices=("cpu",), quick=("cpu",))

@@ -47,7 +47,7 @@ def _setup(batch: int, device: str, quick: bool) -> Setup:
 
 for _batch in BATCHES:
     register(Case(
-        name=f"split_kv/b{_batch}_w{NUM_WORKERS}", op="split_kv",
+        name=f"plan_split_kv/b{_batch}_w{NUM_WORKERS}", op="plan_split_kv",
         shape=f"batch={_batch} zipf(max={MAX_LEN}, a={ALPHA}) workers={NUM_WORKERS} page={PAGE_SIZE}",
         setup=functools.partial(_setup, _batch),
         # Host code: no device FLOPs or bytes to compare with the ceilings.

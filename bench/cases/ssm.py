@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import functools
 
-from ..registry import Case, Setup, input_sets, register
+from ..registry import Case, Setup, input_sets, optional, register
 
 HEADS, HEADDIM, DSTATE, NGROUPS, CHUNK = 80, 64, 128, 1, 256
 SSD_BATCHES, SSD_SEQLENS = (1, 8), (2048, 8192, 32768)
@@ -76,6 +76,25 @@ def _reference_baseline(reference, tokens: int) -> tuple[dict, dict]:
     return {}, {"torch-reference": f"sequential: {tokens} tokens > {REF_MAX_TOKENS}"}
 
 
+def fla_ssd(gla, x, dt, A, B, C, D, z, bias):
+    """chunk_ssd_scan through a simple-GLA kernel ``gla`` (fla's ``chunk_simple_gla`` or its
+    naive recurrence): q = C, k = B (each group broadcast to its heads), v = softplus(dt + bias)
+    * x, log-decay g = softplus(dt + bias) * A, scale 1; D and the z gate are applied around it.
+    Returns y (x's dtype) and the final state [batch, heads, P, N] float32."""
+    import torch
+
+    heads, groups = x.shape[2], B.shape[2]
+    dts = torch.nn.functional.softplus(dt.float() + bias)
+    if groups == 1:
+        q, k = C.expand(-1, -1, heads, -1), B.expand(-1, -1, heads, -1)
+    else:
+        q, k = (t.repeat_interleave(heads // groups, dim=2) for t in (C, B))
+    v = (x.float() * dts[..., None]).to(x.dtype)
+    o, final = gla(q, k, v, g=dts * A, scale=1.0, output_final_state=True)
+    y = (o.float() + D[:, None] * x.float()) * torch.nn.functional.silu(z.float())
+    return y.to(x.dtype), final.float().transpose(-1, -2)  # [.., K=N, V=P] -> [.., P, N]
+
+
 def _cuda(device):
     return str(device).startswith("cuda")
 
@@ -118,38 +137,24 @@ def _ssd_setup(batch, seqlen, heads, p, n, g, ckpt, device, quick) -> Setup:
     impls, (baselines, skipped) = {}, _reference_baseline(reference, batch * seqlen)
     if _cuda(device):
         impls["flashkit-triton"] = functools.partial(flashkit, "triton")
-        try:
+        def fla():
             from fla.ops.simple_gla import chunk_simple_gla
-        except ImportError:
-            skipped["fla-chunk_simple_gla"] = "flash-linear-attention (fla-core) is not installed"
-        else:
-            def fla(x, dt, A, B, C, D, z, bias):
-                # SSD as simple GLA: q = C, k = B (one group broadcast to every head),
-                # v = dt * x, g = dt * A; scale 1. D and the z gate are applied around it.
-                dts = torch.nn.functional.softplus(dt.float() + bias)
-                q = C.expand(-1, -1, x.shape[2], -1) if g == 1 else C.repeat_interleave(
-                    x.shape[2] // g, dim=2)
-                k = B.expand(-1, -1, x.shape[2], -1) if g == 1 else B.repeat_interleave(
-                    x.shape[2] // g, dim=2)
-                v = (x.float() * dts[..., None]).to(x.dtype)
-                o, final = chunk_simple_gla(q, k, v, g=dts * A, scale=1.0,
-                                            output_final_state=True)
-                y = (o.float() + D[:, None] * x.float()) * torch.nn.functional.silu(z.float())
-                return y.to(x.dtype), final.float().transpose(-1, -2)  # [.., K=N, V=P] -> P, N
 
-            baselines["fla-chunk_simple_gla"] = fla
-        try:
+            return functools.partial(fla_ssd, chunk_simple_gla)
+
+        optional(baselines, skipped, "fla-chunk_simple_gla", fla)
+        def mamba_ssm():
             from mamba_ssm.ops.triton.ssd_combined import mamba_chunk_scan_combined
-        except ImportError:
-            skipped["mamba_ssm"] = "mamba_ssm is not installed"
-        else:
+
             def mamba(x, dt, A, B, C, D, z, bias):
                 y, final = mamba_chunk_scan_combined(x, dt, A, B, C, chunk, D=D, z=z,
                                                      dt_bias=bias, dt_softplus=True,
                                                      return_final_states=True)
                 return y, final.float()
 
-            baselines["mamba_ssm"] = mamba
+            return mamba
+
+        optional(baselines, skipped, "mamba_ssm", mamba_ssm)
     else:
         impls["flashkit-torch"] = functools.partial(flashkit, "torch")
         skipped["flashkit-triton"] = "Triton would run in its interpreter on the CPU: not timed"
@@ -210,11 +215,9 @@ def _decode_setup(batch, heads, p, n, g, device, quick) -> Setup:
     if _cuda(device):
         impls["flashkit-triton"] = _FirstCallOnCopy(functools.partial(flashkit, "triton"),
                                                    pristine)
-        try:
+        def mamba_ssm():
             from mamba_ssm.ops.triton.selective_state_update import selective_state_update as ms
-        except ImportError:
-            skipped["mamba_ssm"] = "mamba_ssm is not installed"
-        else:
+
             def mamba(state, x, dt, A, B, C, D, z, bias, slots):
                 # mamba_ssm's Mamba-2 layout: dt, A, D, dt_bias broadcast to headdim (stride 0).
                 return ms(state, x, dt[..., None].expand(-1, -1, p),
@@ -222,7 +225,9 @@ def _decode_setup(batch, heads, p, n, g, device, quick) -> Setup:
                           D=D[:, None].expand(-1, p), z=z, dt_bias=bias[:, None].expand(-1, p),
                           dt_softplus=True, state_batch_indices=slots)
 
-            baselines["mamba_ssm"] = _FirstCallOnCopy(mamba, pristine)
+            return _FirstCallOnCopy(mamba, pristine)
+
+        optional(baselines, skipped, "mamba_ssm", mamba_ssm)
     else:
         impls["flashkit-torch"] = _FirstCallOnCopy(functools.partial(flashkit, "torch"), pristine)
         skipped["flashkit-triton"] = "Triton would run in its interpreter on the CPU: not timed"
@@ -260,17 +265,17 @@ def _m1_setup(batch, seqlen, dim, n, device, quick) -> Setup:
     impls, (baselines, skipped) = {}, _reference_baseline(reference, batch * seqlen)
     if _cuda(device):
         impls["flashkit-triton"] = functools.partial(flashkit, "triton")
-        try:
+        def mamba_ssm():
             from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
-        except ImportError:
-            skipped["mamba_ssm"] = "mamba_ssm is not installed"
-        else:
+
             def mamba(u, delta, A, B, C, D, z, bias):
                 y, last = selective_scan_fn(u, delta, A, B, C, D, z, bias, True,
                                             return_last_state=True)
                 return y, last.float()
 
-            baselines["mamba_ssm"] = mamba
+            return mamba
+
+        optional(baselines, skipped, "mamba_ssm", mamba_ssm)
     else:
         impls["flashkit-torch"] = functools.partial(flashkit, "torch")
         skipped["flashkit-triton"] = "Triton would run in its interpreter on the CPU: not timed"
@@ -280,9 +285,9 @@ def _m1_setup(batch, seqlen, dim, n, device, quick) -> Setup:
 
 
 def _ssd_case(batch, seqlen, ckpt=False, heads=HEADS, p=HEADDIM, n=DSTATE, g=NGROUPS, **kw):
-    op = "ssd_scan_ckpt" if ckpt else "ssd_scan"
     return register(Case(
-        name=f"{op}/b{batch}_L{seqlen}_h{heads}_p{p}_n{n}_g{g}", op=op,
+        name=f"chunk_ssd_scan/{'ckpt_' if ckpt else ''}b{batch}_L{seqlen}_h{heads}_p{p}_n{n}_g{g}",
+        op="chunk_ssd_scan",
         shape=f"batch={batch} seqlen={seqlen} nheads={heads} headdim={p} dstate={n} "
               f"ngroups={g} bf16{' ckpt/chunk' if ckpt else ''}",
         setup=functools.partial(_ssd_setup, batch, seqlen, heads, p, n, g, ckpt),
@@ -292,7 +297,7 @@ def _ssd_case(batch, seqlen, ckpt=False, heads=HEADS, p=HEADDIM, n=DSTATE, g=NGR
 
 def _decode_case(batch, heads=HEADS, p=HEADDIM, n=DSTATE, g=NGROUPS, **kw):
     return register(Case(
-        name=f"ssm_decode/b{batch}_h{heads}_p{p}_n{n}", op="ssm_decode",
+        name=f"selective_state_update/b{batch}_h{heads}_p{p}_n{n}", op="selective_state_update",
         shape=f"batch={batch} nheads={heads} headdim={p} dstate={n} state f32, io bf16",
         setup=functools.partial(_decode_setup, batch, heads, p, n, g),
         flops=decode_flops(batch, heads, p, n), bytes=decode_bytes(batch, heads, p, n, g), **kw))
@@ -316,6 +321,6 @@ for _b in M1_BATCHES:
 for _b in DECODE_BATCHES:
     _decode_case(_b, devices=("cuda",), quick=("cuda",) if _b == 256 else ())
 # The CPU's --quick cases: small enough that the sequential reference takes well under a second.
-_ssd_case(1, 64, heads=4, p=16, n=16, devices=("cpu",), full=False, quick=("cpu",))
-_decode_case(4, heads=4, p=16, n=16, devices=("cpu",), full=False, quick=("cpu",))
-_m1_case(1, 64, dim=32, n=16, devices=("cpu",), full=False, quick=("cpu",))
+_ssd_case(1, 64, heads=4, p=16, n=16, devices=("cpu",), quick=("cpu",))
+_decode_case(4, heads=4, p=16, n=16, devices=("cpu",), quick=("cpu",))
+_m1_case(1, 64, dim=32, n=16, devices=("cpu",), quick=("cpu",))

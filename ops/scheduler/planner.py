@@ -70,20 +70,32 @@ def _ninja_module():
 
 def _ninja_loads(name: str) -> bool:
     """The probe of ``auto`` (the plan_split_kv row of ops/_common/backends.py): whether the
-    ninja planner builds and loads here, decided once per process."""
-    global _ninja_ok
+    ninja planner is loaded here. With the JIT allowed, a planner not yet cached is built in the
+    background (background.py) and the Python planner (same plans) serves until it has loaded."""
+    global _ninja_ok, _module
     if _ninja_ok is None:
         ok, why = jit.get_backend("ninja").available()
         if not ok:
             log.warning("split-KV planner: %s; using the Python planner", why)
             _ninja_ok = False
-        else:
+        elif jit.jit_disabled():
             try:
                 _ninja_module()
                 _ninja_ok = True
             except jit.JitDisabledError as exc:
                 log.warning("split-KV planner: %s; using the Python planner", exc)
                 _ninja_ok = False
+        else:
+            from .background import module_if_ready
+
+            try:
+                module = module_if_ready(planner_spec())
+            except jit.JitError:  # logged by the build
+                _ninja_ok = False
+            else:
+                if module is None:
+                    return False  # still building: decide again on the next plan
+                _module, _ninja_ok = module, True
     return _ninja_ok
 
 
@@ -141,8 +153,9 @@ def plan_split_kv(kv_lens, num_workers: int, *, page_size: int = 1, min_chunk_to
     backend : {"auto", "ninja", "python"}
         ``"ninja"``: the C++ planner (compiled on first use, a few seconds, then cached on disk).
         ``"python"``: the plain-Python reference. ``"auto"``: ninja when a C++ toolchain is
-        present and the JIT is allowed to run (or the planner is already cached), else python.
-        Both give identical plans.
+        present and the JIT is allowed to run (or the planner is already cached), else python;
+        a planner not yet cached builds in a background thread while python serves, so the
+        first plan never waits for the compiler. Both give identical plans.
 
     Returns
     -------
