@@ -143,7 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("bench_args", nargs=argparse.REMAINDER)
     bench.set_defaults(fn=_cmd_bench)
 
-    from .cache.cli import add_parser as add_cache_parsers
+    from .prefix_cache.cli import add_parser as add_cache_parsers
 
     add_cache_parsers(sub)  # cache-sim, cache-trace
 

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from flashkit.cache.engine import Engine, TinyHybrid
+from flashkit.prefix_cache.engine import Engine, TinyHybrid
 
 # fp32 on CPU, torch backend: the resumed scan and the gathered attention differ from a single
 # forward only by summation order; observed max |diff| ~1e-6 on logits of magnitude ~4.

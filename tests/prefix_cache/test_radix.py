@@ -4,7 +4,7 @@ import random
 import numpy as np
 import pytest
 
-from flashkit.cache import HybridModelConfig, PrefixCache, RadixTree
+from flashkit.prefix_cache import HybridModelConfig, PrefixCache, RadixTree
 
 # Tiny byte costs so that capacities are counted in tokens: 1 byte of KV per token, a state of 8.
 CFG = HybridModelConfig(n_ssm=1, n_attn=1, n_mlp=1, d_model=8, d_state=4, dtype_bytes=1)

@@ -5,10 +5,10 @@ import json
 import numpy as np
 import pytest
 
-from flashkit.cache import HybridModelConfig
-from flashkit.cache.cli import add_parser
-from flashkit.cache.simulator import default_latency_table, plot_hit_rates, simulate
-from flashkit.cache.traces import TraceConfig, generate_trace, read_trace, write_trace
+from flashkit.prefix_cache import HybridModelConfig
+from flashkit.prefix_cache.cli import add_parser
+from flashkit.prefix_cache.simulator import default_latency_table, plot_hit_rates, simulate
+from flashkit.prefix_cache.traces import TraceConfig, generate_trace, read_trace, write_trace
 
 KEYS = {"session_id", "turn_id", "ts", "num_input_tokens", "num_output_tokens", "input_tokens",
         "output_tokens"}

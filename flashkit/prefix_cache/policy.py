@@ -1,0 +1,230 @@
+"""Admission and eviction policies over the radix tree: Marconi, SGLang+ and vLLM+.
+
+* ``marconi``: admission checkpoints the state after the last decoded token (input+output reuse)
+  and, found by a speculative insertion of the input before prefill, at the point where the
+  input leaves the tree if that point has no state (an edge split or a stateless branch node:
+  purely-input reuse). Eviction score = recency / H + alpha * efficiency / E, where efficiency is
+  FLOPs saved beyond the parent per byte the node holds, and alpha is tuned online (below).
+* ``sglang``: Marconi's admission, LRU eviction.
+* ``vllm``: a state every ``block`` tokens of input+output (only full blocks are cached, so hits
+  are exact block matches), LRU eviction.
+
+``chunk`` (any policy) snaps every checkpoint down to a multiple of the SSM scan's chunk size.
+
+Normalization. Marconi normalizes recency and efficiency by their min-max over the live
+candidates, which makes every key depend on every other node and cannot be kept in a heap. We
+normalize by scales fixed at the first eviction (tuned or fixed alpha alike): H = the span of
+recencies (RadixTree.recency) and E = the span of efficiencies over the eviction candidates then
+(what min-max gave at that moment), so a node's key changes only when it is accessed, split or
+merged. Alpha absorbs any residual scale.
+
+Online alpha: LRU until the first eviction; then the tree is snapshot, the next
+``bootstrap_mult`` x (requests seen so far) requests are served with LRU and recorded, replayed
+from the snapshot for alpha in 0, 0.1, ..., 2.0, and the alpha that saves the most FLOPs is kept
+(ties: the smallest).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .costs import HybridModelConfig
+from .radix import Node, RadixTree
+
+__all__ = ["PrefixCache", "Hit", "POLICIES", "ALPHAS"]
+
+POLICIES = ("marconi", "sglang", "vllm")
+ALPHAS = tuple(round(0.1 * i, 1) for i in range(21))
+
+
+@dataclass
+class Hit:
+    length: int
+    node: Node
+
+
+def _as_tokens(tokens) -> np.ndarray:
+    a = np.asarray(tokens, dtype=np.int32)
+    if a.ndim != 1:
+        raise ValueError(f"tokens must be a 1-D sequence of ints, got shape {a.shape}")
+    return a
+
+
+class PrefixCache:
+    """A prefix cache for a hybrid model.
+
+    Parameters
+    ----------
+    config : HybridModelConfig giving bytes and FLOPs
+    capacity_bytes : bytes of KV and states the cache may hold
+    policy : "marconi" | "sglang" | "vllm"
+    block : vLLM+ checkpoint interval (tokens)
+    chunk : snap checkpoints down to multiples of this (None: exact positions)
+    alpha : Marconi's weight of FLOP efficiency; None tunes it online
+    bootstrap_mult : bootstrap window = this x requests seen at the first eviction
+    on_evict : passed to RadixTree (the engine frees KV slots there)
+    """
+
+    def __init__(self, config: HybridModelConfig, capacity_bytes: float, policy: str = "marconi",
+                 block: int = 32, chunk: int | None = None, alpha: float | None = None,
+                 bootstrap_mult: int = 3, on_evict=None):
+        if policy not in POLICIES:
+            raise ValueError(f"policy must be one of {POLICIES}, got {policy!r}")
+        if block < 1:
+            raise ValueError(f"block must be >= 1, got {block}")
+        if chunk is not None and chunk < 1:
+            raise ValueError(f"chunk must be >= 1 or None, got {chunk}")
+        self.config, self.policy, self.block, self.chunk = config, policy, block, chunk
+        self.alpha = 0.0 if policy != "marconi" else (alpha or 0.0)
+        self.tune = policy == "marconi" and alpha is None
+        self.bootstrap_mult = bootstrap_mult
+        self._H = self._E = 1.0
+        self.tree = RadixTree(config.kv_bytes_per_token, config.state_bytes, capacity_bytes,
+                              score=self._score, on_evict=on_evict)
+        self.requests = 0
+        self.tuned_alpha: float | None = None if self.tune else self.alpha
+        self._snapshot = None
+        self._window: list | None = None
+        self._window_len = 0
+        if policy == "marconi":  # scales for the score (and, if tuning, the bootstrap)
+            self.tree.on_first_evict = self._on_first_evict
+
+    # -- scoring --------------------------------------------------------------------------
+    def efficiency(self, n: Node) -> float:
+        nbytes = self.tree.node_bytes(n)
+        return self.config.flops_between(n.start, n.end) / nbytes if nbytes else 0.0
+
+    def _score(self, n: Node) -> float:
+        if self.alpha == 0.0:
+            return float(self.tree.recency(n))
+        return self.tree.recency(n) / self._H + self.alpha * self.efficiency(n) / self._E
+
+    def set_alpha(self, alpha: float, H: float | None = None, E: float | None = None):
+        self.alpha = alpha
+        if H is not None:
+            self._H, self._E = H, E
+        self.tree.rescore()
+
+    # -- admission ------------------------------------------------------------------------
+    def _snap(self, p: int) -> int:
+        return p if self.chunk is None else p - p % self.chunk
+
+    def lookup(self, input_tokens) -> Hit:
+        """The usable hit: the deepest state on the path, leaving at least the last input token
+        to prefill (its logits start decoding)."""
+        t = _as_tokens(input_tokens)
+        path, _, _ = self.tree.walk(t[:max(len(t) - 1, 0)])
+        n = self.tree.deepest_state(path, len(t) - 1)
+        return Hit(n.end, n)
+
+    def branch_positions(self, input_tokens) -> list[int]:
+        """Speculative insertion of the input (a dry run: the tree is not changed): where it
+        would split an edge or leave a stateless node, the state to checkpoint during prefill."""
+        if self.policy == "vllm":
+            return []
+        t = _as_tokens(input_tokens)
+        path, partial, m = self.tree.walk(t)
+        if m == 0 or (partial is None and m == len(t)):
+            return []
+        if partial is None and path[-1].state is not None:
+            return []
+        p = self._snap(m)
+        return [p] if p > 0 else []
+
+    def checkpoint_positions(self, input_tokens, seq_len: int) -> list[int]:
+        """Every position (sorted) whose state admission keeps for a request whose processed
+        sequence (input + output) has ``seq_len`` tokens."""
+        if self.policy == "vllm":
+            b = self.block
+            return list(range(b, seq_len + 1, b))
+        ps = set(self.branch_positions(input_tokens))
+        last = self._snap(seq_len)
+        if last > 0:
+            ps.add(last)
+        return sorted(ps)
+
+    def admit(self, seq_tokens, states: dict, kv=None):
+        """Insert a finished request (see RadixTree.insert)."""
+        return self.tree.insert(_as_tokens(seq_tokens), states, kv)
+
+    def serve(self, input_tokens, output_tokens) -> int:
+        """Simulate one request end to end; returns the hit length."""
+        inp = _as_tokens(input_tokens)
+        seq = np.concatenate([inp, _as_tokens(output_tokens)])
+        hit = self.lookup(inp)
+        positions = self.checkpoint_positions(inp, len(seq))
+        self.tree.touch(hit.node)
+        self.tree.lock(hit.node)
+        try:
+            self.admit(seq, {p: True for p in positions})
+        finally:
+            self.tree.unlock(hit.node)
+        self.requests += 1
+        self._observe(inp, seq[len(inp):])
+        return hit.length
+
+    # -- online alpha ---------------------------------------------------------------------
+    def _on_first_evict(self):
+        tree = self.tree
+        # min-max over the eviction candidates (valid heap entries): no walk of the tree
+        nodes = [e[4] for e in tree._heap if e[4].alive and e[3] == e[4].ver
+                 and e[4].state is not None and not e[4].refs]
+        if nodes:
+            lasts = [tree.recency(n) for n in nodes]
+            effs = [self.efficiency(n) for n in nodes]
+            self._H = float(max(lasts) - min(lasts)) or 1.0
+            self._E = float(max(effs) - min(effs)) or 1.0
+        if not self.tune:  # a fixed alpha: the same normalization, no bootstrap
+            self.tree.rescore()
+            return
+        self._snapshot = self._clone_structure()
+        self._window = []
+        self._window_len = max(1, self.bootstrap_mult * max(self.requests, 1))
+
+    def _observe(self, inp, out):
+        if self._window is None:
+            return
+        self._window.append((inp, out))
+        if len(self._window) >= self._window_len:
+            window, self._window = self._window, None
+            best, best_flops = 0.0, -1.0
+            for a in ALPHAS:
+                c = self._snapshot_copy(a)
+                flops = sum(self.config.prefill_flops(c.serve(i, o)) for i, o in window)
+                if flops > best_flops:
+                    best, best_flops = a, flops
+            self._snapshot = None
+            self.tuned_alpha = best
+            self.set_alpha(best)
+
+    def _clone_structure(self) -> "PrefixCache":
+        """A payload-free copy (states -> True, no KV, no locks) with alpha fixed at 0."""
+        c = PrefixCache(self.config, self.tree.capacity, "marconi", self.block, self.chunk,
+                        alpha=0.0)
+        c._H, c._E = self._H, self._E
+        t = c.tree
+        t.on_first_evict = None  # replays keep the scales fixed at the snapshot
+        t.clock = self.tree.clock
+        stack = [(self.tree.root, t.root)]
+        while stack:
+            src, dst = stack.pop()
+            for k, s in src.children.items():
+                d = Node(dst, s.key, s.start, None, s.last)
+                d.state = True if s.state is not None else None
+                d.slast = s.slast
+                dst.children[k] = d
+                t.num_nodes += 1
+                t.num_tokens += len(d.key)
+                t.num_states += d.state is not None
+                t.used_bytes += t.node_bytes(d)
+                stack.append((s, d))
+        for n in t.nodes():
+            t._push(n)
+        return c
+
+    def _snapshot_copy(self, alpha: float) -> "PrefixCache":
+        c = self._snapshot._clone_structure()
+        c.alpha = alpha
+        c.tree.rescore()
+        return c
