@@ -3,7 +3,9 @@
 Formulas (L tokens, D = d_model, N = d_state, d_inner = expand * D, b = bytes per element):
 
 * KV bytes per token = ``2 * n_attn * kv_dim * b`` (K and V of every attention layer).
-* SSM state bytes per checkpoint = ``n_ssm * d_inner * N * b`` (Mamba-2: nheads * headdim = d_inner).
+* SSM state bytes per checkpoint = ``n_ssm * d_inner * N * s`` (Mamba-2: nheads * headdim = d_inner;
+  s = bytes per state element, ``state_dtype_bytes``, b unless given: a scan that keeps its
+  state in float32 under bf16 weights, as flashkit's does, holds s = 4).
 * conv state bytes per checkpoint = ``n_ssm * (d_inner + 2 * n_groups * N) * (d_conv - 1) * b``
   (the last ``d_conv - 1`` inputs of the depthwise conv over x, B and C).
 * forward FLOPs of an L-token prefill, per layer (Marconi, section 4):
@@ -33,14 +35,18 @@ class HybridModelConfig:
     d_conv: int = 4
     n_groups: int = 1
     kv_dim: int | None = None  # n_kv_heads * head_dim; d_model (multi-head attention) by default
+    state_dtype_bytes: int | None = None  # SSM state element bytes; dtype_bytes by default
 
     def __post_init__(self):
+        for name in ("kv_dim", "state_dtype_bytes"):
+            v = getattr(self, name)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+                raise ValueError(f"{name} must be a positive int or None, got {v!r}")
         for name in ("n_ssm", "n_attn", "n_mlp", "d_model", "d_state", "dtype_bytes", "expand",
                      "d_conv", "n_groups"):
             v = getattr(self, name)
-            if not isinstance(v, int) or v < (1 if name in ("d_model", "d_state", "dtype_bytes",
-                                                               "expand", "d_conv", "n_groups")
-                                               else 0):
+            low = 0 if name in ("n_ssm", "n_attn", "n_mlp") else 1
+            if isinstance(v, bool) or not isinstance(v, int) or v < low:
                 raise ValueError(f"{name} must be a non-negative int (positive for widths), "
                                  f"got {v!r}")
 
@@ -54,7 +60,8 @@ class HybridModelConfig:
 
     @property
     def ssm_state_bytes(self) -> int:
-        return self.n_ssm * self.d_inner * self.d_state * self.dtype_bytes
+        return self.n_ssm * self.d_inner * self.d_state * (self.state_dtype_bytes
+                                                            or self.dtype_bytes)
 
     @property
     def conv_state_bytes(self) -> int:

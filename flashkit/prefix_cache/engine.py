@@ -20,6 +20,7 @@ import torch.nn.functional as F
 
 from flashkit.ops import causal_conv1d, chunk_ssd_scan
 
+from ._checks import token_ids
 from .costs import HybridModelConfig
 from .policy import PrefixCache
 
@@ -65,7 +66,7 @@ class TinyHybrid:
         self.config = HybridModelConfig(
             n_ssm=self.n_ssm, n_attn=self.n_attn, n_mlp=len(layers), d_model=d_model,
             d_state=d_state, dtype_bytes=torch.finfo(dtype).bits // 8, expand=expand,
-            d_conv=d_conv, kv_dim=d_model)
+            d_conv=d_conv, kv_dim=d_model, state_dtype_bytes=4)  # the scan keeps fp32 states
 
     def zero_state(self):
         return [(torch.zeros(self.nh, self.p, self.n, dtype=torch.float32),
@@ -151,7 +152,7 @@ class Request:
     pos: int
     wanted: list
     states: dict = field(default_factory=dict)
-    logits: list = field(default_factory=list)
+    done: bool = False  # finished: its slots and pin belong to the tree now
 
 
 class Engine:
@@ -176,8 +177,13 @@ class Engine:
             on_evict=self._on_evict)
 
     def _alloc(self, n):
+        # cached KV that no live request pins is spare room: evict it before giving up
+        if self.cache is not None:
+            while n > len(self.free_slots) and self.cache.tree.evict_one():
+                pass
         if n > len(self.free_slots):
-            raise RuntimeError(f"KV pool exhausted: need {n} slots, {len(self.free_slots)} free")
+            raise RuntimeError(f"KV pool exhausted: need {n} slots, {len(self.free_slots)} free "
+                               "and no unpinned cached KV left to evict")
         return [self.free_slots.pop() for _ in range(n)]
 
     def _free(self, slots):
@@ -193,9 +199,19 @@ class Engine:
             ssm.fill_(float("nan"))
             conv.fill_(float("nan"))
 
+    def _tokens(self, name, tokens, allow_empty):
+        t = token_ids(name, tokens, allow_empty)
+        if t.size and t.max() >= self.model.vocab:
+            i = int(np.argmax(t >= self.model.vocab))
+            raise ValueError(f"{name}[{i}] = {int(t[i])} is outside the model's vocabulary "
+                             f"[0, {self.model.vocab})")
+        return t
+
     def start(self, input_tokens, output_tokens) -> tuple[Request, torch.Tensor]:
-        inp = np.asarray(input_tokens, dtype=np.int32)
-        seq = np.concatenate([inp, np.asarray(output_tokens, dtype=np.int32)])
+        """Begin a request: ``input_tokens`` (at least one) are prefilled, ``output_tokens``
+        (possibly none) are fed by ``step``. Returns the handle and the last input logits."""
+        inp = self._tokens("input_tokens", input_tokens, allow_empty=False)
+        seq = np.concatenate([inp, self._tokens("output_tokens", output_tokens, True)])
         hit, node, prefix, state, wanted = 0, None, [], self.model.zero_state(), []
         if self.cache is not None:
             h = self.cache.lookup(inp)
@@ -226,13 +242,20 @@ class Engine:
 
     def step(self, req: Request) -> torch.Tensor:
         """Feed the next output token; the logits after it."""
+        if req.done:
+            raise RuntimeError("step on a finished request")
         if req.pos >= len(req.seq):
             raise RuntimeError("request already fed all its output tokens")
         return self._run(req, req.pos + 1)[-1]
 
     def finish(self, req: Request):
+        """Admit the request to the cache and unpin its hit. A handle is single-use: a second
+        finish would free slots the tree now owns (and a later hit would read NaN)."""
+        if req.done:
+            raise RuntimeError("finish called twice for one request")
         if req.pos != len(req.seq):
             raise RuntimeError(f"finish after {req.pos} of {len(req.seq)} tokens")
+        req.done = True
         own = req.slots[req.hit:].numpy()
         if self.cache is None:
             self._free(own)

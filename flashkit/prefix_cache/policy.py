@@ -29,6 +29,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ._checks import finite_number, token_ids
 from .costs import HybridModelConfig
 from .radix import Node, RadixTree
 
@@ -42,13 +43,6 @@ ALPHAS = tuple(round(0.1 * i, 1) for i in range(21))
 class Hit:
     length: int
     node: Node
-
-
-def _as_tokens(tokens) -> np.ndarray:
-    a = np.asarray(tokens, dtype=np.int32)
-    if a.ndim != 1:
-        raise ValueError(f"tokens must be a 1-D sequence of ints, got shape {a.shape}")
-    return a
 
 
 class PrefixCache:
@@ -71,10 +65,13 @@ class PrefixCache:
                  bootstrap_mult: int = 3, on_evict=None):
         if policy not in POLICIES:
             raise ValueError(f"policy must be one of {POLICIES}, got {policy!r}")
-        if block < 1:
-            raise ValueError(f"block must be >= 1, got {block}")
-        if chunk is not None and chunk < 1:
-            raise ValueError(f"chunk must be >= 1 or None, got {chunk}")
+        if isinstance(block, bool) or not isinstance(block, (int, np.integer)) or block < 1:
+            raise ValueError(f"block must be an int >= 1, got {block!r}")
+        if chunk is not None and (isinstance(chunk, bool) or not isinstance(
+                chunk, (int, np.integer)) or chunk < 1):
+            raise ValueError(f"chunk must be an int >= 1 or None, got {chunk!r}")
+        if alpha is not None:
+            alpha = finite_number("alpha", alpha)
         self.config, self.policy, self.block, self.chunk = config, policy, block, chunk
         self.alpha = 0.0 if policy != "marconi" else (alpha or 0.0)
         self.tune = policy == "marconi" and alpha is None
@@ -113,7 +110,7 @@ class PrefixCache:
     def lookup(self, input_tokens) -> Hit:
         """The usable hit: the deepest state on the path, leaving at least the last input token
         to prefill (its logits start decoding)."""
-        t = _as_tokens(input_tokens)
+        t = token_ids("input_tokens", input_tokens)
         path, _, _ = self.tree.walk(t[:max(len(t) - 1, 0)])
         n = self.tree.deepest_state(path, len(t) - 1)
         return Hit(n.end, n)
@@ -123,7 +120,7 @@ class PrefixCache:
         would split an edge or leave a stateless node, the state to checkpoint during prefill."""
         if self.policy == "vllm":
             return []
-        t = _as_tokens(input_tokens)
+        t = token_ids("input_tokens", input_tokens)
         path, partial, m = self.tree.walk(t)
         if m == 0 or (partial is None and m == len(t)):
             return []
@@ -146,12 +143,12 @@ class PrefixCache:
 
     def admit(self, seq_tokens, states: dict, kv=None):
         """Insert a finished request (see RadixTree.insert)."""
-        return self.tree.insert(_as_tokens(seq_tokens), states, kv)
+        return self.tree.insert(token_ids("seq_tokens", seq_tokens), states, kv)
 
     def serve(self, input_tokens, output_tokens) -> int:
         """Simulate one request end to end; returns the hit length."""
-        inp = _as_tokens(input_tokens)
-        seq = np.concatenate([inp, _as_tokens(output_tokens)])
+        inp = token_ids("input_tokens", input_tokens)
+        seq = np.concatenate([inp, token_ids("output_tokens", output_tokens)])
         hit = self.lookup(inp)
         positions = self.checkpoint_positions(inp, len(seq))
         self.tree.touch(hit.node)

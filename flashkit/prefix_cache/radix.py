@@ -27,6 +27,8 @@ from typing import Callable
 
 import numpy as np
 
+from ._checks import finite_number
+
 __all__ = ["RadixTree", "Node"]
 
 
@@ -67,8 +69,8 @@ class RadixTree:
     def __init__(self, kv_bytes_per_token: int, state_bytes: int, capacity_bytes: float,
                  score: Callable[[Node], float] | None = None,
                  on_evict: Callable | None = None):
-        if capacity_bytes < 0:
-            raise ValueError(f"capacity_bytes must be >= 0, got {capacity_bytes}")
+        # NaN compares false with everything: a NaN capacity would never evict
+        capacity_bytes = finite_number("capacity_bytes", capacity_bytes)
         self.kv_bytes = kv_bytes_per_token
         self.state_bytes = state_bytes
         self.capacity = capacity_bytes

@@ -30,11 +30,14 @@ Distributions (LogN(m, s): lognormal with median m and log-space sigma s, rounde
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["PROFILES", "TraceConfig", "generate_trace", "write_trace", "read_trace"]
+from ._checks import finite_number, token_ids
+
+__all__ = ["PROFILES", "TraceConfig", "generate_trace", "write_trace", "read_trace", "parse_request"]
 
 PROFILES = ("lmsys", "sharegpt", "swebench")
 DECODE_S_PER_TOKEN = 0.02
@@ -57,9 +60,18 @@ class TraceConfig:
     def __post_init__(self):
         if self.profile not in PROFILES:
             raise ValueError(f"profile must be one of {PROFILES}, got {self.profile!r}")
-        for name in ("sessions", "max_turns", "pool_size", "keep_last"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("sessions", "max_turns", "pool_size", "keep_last", "sys_median", "vocab",
+                     "seed", "turns"):
+            v, low = getattr(self, name), 0 if name == "seed" else 1
+            if v is None and name == "turns":
+                continue
+            if isinstance(v, bool) or not isinstance(v, int) or v < low:
+                raise ValueError(f"{name} must be an int >= {low}, got {v!r}")
+        if self.vocab <= 100:
+            raise ValueError(f"vocab must be > 100 (ids are drawn from [100, vocab)), got "
+                             f"{self.vocab}")
+        finite_number("zipf_s", self.zipf_s)
+        finite_number("session_rate", self.session_rate, low=1e-12)
 
 
 def _logn(rng, median, sigma, lo, hi):
@@ -130,19 +142,91 @@ def write_trace(requests: list[dict], path) -> None:
             f.write(json.dumps(row, separators=(",", ":")) + "\n")
 
 
+_REQUIRED = ("session_id", "turn_id", "ts", "input_tokens", "output_tokens")
+
+
+def _token_array(where, name, v, exact_types):
+    """A JSON list of token ids as int32, or ValueError saying why not."""
+    if not isinstance(v, list):
+        raise ValueError(f"{where}: {name} must be a list of token ids, got "
+                         f"{type(v).__name__}")
+    if exact_types:  # the line holds true/false somewhere: numpy would read them as 1/0
+        for x in v:
+            if type(x) is not int:
+                raise ValueError(f"{where}: {name} must hold integer token ids, got {x!r}")
+    try:
+        return token_ids(name, v)
+    except (ValueError, TypeError) as e:  # nested lists, nulls, floats, ids >= 2^31
+        raise ValueError(f"{where}: {e}") from None
+
+
+def _count(where, r, name, n):
+    if name not in r:
+        return
+    v = r[name]
+    if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+        raise ValueError(f"{where}: {name} must be a non-negative int, got {v!r}")
+    if v != n:
+        raise ValueError(f"{where}: {name} = {v} but the token list holds {n}")
+
+
+def parse_request(where: str, line: bytes) -> dict:
+    """One JSONL line of a trace as a request dict, or ValueError naming ``where`` (file:line)
+    and what is wrong. Token lists become int32 arrays; everything a simulation relies on is
+    checked, so a trace that parses is one the simulator serves as written."""
+    try:
+        text = line.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{where}: not UTF-8 (byte {e.start}: {line[e.start:e.start + 1]!r})") \
+            from None
+    try:
+        r = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{where}: not a JSON object ({e.msg} at column {e.colno}; a truncated "
+                         "line?)") from None
+    if not isinstance(r, dict):
+        raise ValueError(f"{where}: expected a JSON object per line, got "
+                         f"{'null' if r is None else type(r).__name__}")
+    missing = [k for k in _REQUIRED if k not in r]
+    if missing:
+        raise ValueError(f"{where}: missing field(s) {missing}")
+    sid, turn, ts = r["session_id"], r["turn_id"], r["ts"]
+    if isinstance(sid, bool) or not isinstance(sid, (int, str)):
+        raise ValueError(f"{where}: session_id must be an int or a string, got {sid!r}")
+    if isinstance(turn, bool) or not isinstance(turn, int) or turn < 0:
+        raise ValueError(f"{where}: turn_id must be a non-negative int, got {turn!r}")
+    if isinstance(ts, bool) or not isinstance(ts, (int, float)) or not math.isfinite(ts):
+        raise ValueError(f"{where}: ts must be a finite number of seconds, got {ts!r}")
+    exact = b"true" in line or b"false" in line
+    r["input_tokens"] = _token_array(where, "input_tokens", r["input_tokens"], exact)
+    r["output_tokens"] = _token_array(where, "output_tokens", r["output_tokens"], exact)
+    if not len(r["input_tokens"]):
+        raise ValueError(f"{where}: input_tokens is empty (a request prefills at least one "
+                         "token)")
+    _count(where, r, "num_input_tokens", len(r["input_tokens"]))
+    _count(where, r, "num_output_tokens", len(r["output_tokens"]))
+    return r
+
+
 def read_trace(path) -> list[dict]:
-    """Requests from a JSONL trace, token lists as int32 arrays, sorted by ts."""
-    out = []
-    with open(path) as f:
-        for i, line in enumerate(f):
+    """Requests from a JSONL trace (one object per line, blank lines skipped), token lists as
+    int32 arrays, sorted by ts (ties in file order). Raises OSError for an unreadable file and
+    ValueError ``"<path>:<line>: <what>"`` for the first malformed line (see parse_request), a
+    repeated (session_id, turn_id) or an empty trace."""
+    out, seen = [], {}
+    with open(path, "rb") as f:
+        for i, line in enumerate(f, 1):
             if not line.strip():
                 continue
-            r = json.loads(line)
-            missing = {"session_id", "turn_id", "ts", "input_tokens", "output_tokens"} - r.keys()
-            if missing:
-                raise ValueError(f"{path}:{i + 1}: missing field(s) {sorted(missing)}")
-            r["input_tokens"] = np.asarray(r["input_tokens"], dtype=np.int32)
-            r["output_tokens"] = np.asarray(r["output_tokens"], dtype=np.int32)
+            where = f"{path}:{i}"
+            r = parse_request(where, line)
+            key = (r["session_id"], r["turn_id"])
+            if key in seen:
+                raise ValueError(f"{where}: session {key[0]!r} turn {key[1]} repeats line "
+                                 f"{seen[key]}")
+            seen[key] = i
             out.append(r)
-    out.sort(key=lambda r: (r["ts"], r["session_id"], r["turn_id"]))
+    if not out:
+        raise ValueError(f"{path}: no requests in the trace")
+    out.sort(key=lambda r: r["ts"])  # stable: file order breaks ties
     return out
