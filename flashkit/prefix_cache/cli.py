@@ -63,7 +63,7 @@ def _cmd_sim(args) -> int:
     import json
 
     from .costs import HybridModelConfig
-    from .simulator import load_latency_table, plot_hit_rates, simulate
+    from .simulator import load_latency_table, plot_alpha, plot_hit_rates, simulate
     from .traces import read_trace
 
     try:
@@ -85,12 +85,22 @@ def _cmd_sim(args) -> int:
               f"{r['kv_tokens_cached']}, alpha {r['alpha']}, TTFT p5/p50/p95 "
               f"{r['ttft_p5_ms']:.1f}/{r['ttft_p50_ms']:.1f}/{r['ttft_p95_ms']:.1f} ms "
               f"[{r['seconds']:.1f} s]")
+    base = {r["cache_gb"]: r for r in results if r["policy"] == "sglang"}
+    for r in results:
+        b = base.get(r["cache_gb"])
+        if r["policy"] == "marconi" and b is not None:
+            gain = r["flops_saved"] / b["flops_saved"] - 1 if b["flops_saved"] else 0.0
+            print(f"marconi vs sglang+ {r['cache_gb']:g} GB: FLOPs saved {gain:+.2%}, token hit "
+                  f"{100 * (r['token_hit_rate'] - b['token_hit_rate']):+.2f} pt, request hit "
+                  f"{100 * (r['request_hit_rate'] - b['request_hit_rate']):+.2f} pt")
     try:
         if args.json:
             with open(args.json, "w") as f:
                 json.dump(results[0] if len(results) == 1 else results, f, indent=1)
         if args.plot:
             plot_hit_rates(results, args.plot)
+        if args.plot_alpha:
+            plot_alpha(results, args.plot_alpha)
     except OSError as e:
         return _fail("cache-sim", e)
     except RuntimeError as e:  # no matplotlib
@@ -117,6 +127,8 @@ def add_parser(subparsers) -> None:
     sim.add_argument("--json", type=_out_path,
                      help="write the metrics here (a list for several runs)")
     sim.add_argument("--plot", type=_out_path, help="PNG of token hit rate vs cache size")
+    sim.add_argument("--plot-alpha", type=_out_path,
+                     help="PNG of the tuned alpha over the trace, one line per tuned run")
     sim.set_defaults(fn=_cmd_sim)
 
     tr = subparsers.add_parser("cache-trace", help="generate a seeded multi-turn JSONL trace")

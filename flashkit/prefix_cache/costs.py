@@ -2,7 +2,8 @@
 
 Formulas (L tokens, D = d_model, N = d_state, d_inner = expand * D, b = bytes per element):
 
-* KV bytes per token = ``2 * n_attn * kv_dim * b`` (K and V of every attention layer).
+* KV bytes per token = ``2 * n_attn * kv_dim * k`` (K and V of every attention layer; k = bytes
+  per KV element, ``kv_dtype_bytes``, b unless given).
 * SSM state bytes per checkpoint = ``n_ssm * d_inner * N * s`` (Mamba-2: nheads * headdim = d_inner;
   s = bytes per state element, ``state_dtype_bytes``, b unless given: a scan that keeps its
   state in float32 under bf16 weights, as flashkit's does, holds s = 4).
@@ -36,9 +37,10 @@ class HybridModelConfig:
     n_groups: int = 1
     kv_dim: int | None = None  # n_kv_heads * head_dim; d_model (multi-head attention) by default
     state_dtype_bytes: int | None = None  # SSM state element bytes; dtype_bytes by default
+    kv_dtype_bytes: int | None = None  # KV element bytes; dtype_bytes by default
 
     def __post_init__(self):
-        for name in ("kv_dim", "state_dtype_bytes"):
+        for name in ("kv_dim", "state_dtype_bytes", "kv_dtype_bytes"):
             v = getattr(self, name)
             if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
                 raise ValueError(f"{name} must be a positive int or None, got {v!r}")
@@ -56,7 +58,8 @@ class HybridModelConfig:
 
     @property
     def kv_bytes_per_token(self) -> int:
-        return 2 * self.n_attn * (self.kv_dim or self.d_model) * self.dtype_bytes
+        return 2 * self.n_attn * (self.kv_dim or self.d_model) * (self.kv_dtype_bytes
+                                                                  or self.dtype_bytes)
 
     @property
     def ssm_state_bytes(self) -> int:

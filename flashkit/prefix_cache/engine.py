@@ -2,9 +2,10 @@
 
 ``TinyHybrid`` stacks Mamba-2 mixers (flashkit.ops causal_conv1d + chunk_ssd_scan, resuming from
 ``initial_states`` and emitting ``checkpoint_positions``) and softmax attention, each followed by
-an MLP, with random weights. Attention runs as plain torch over K/V gathered from the engine's
-slot pool (pages of one token, so that an edge split never copies KV): flashkit's paged attention
-ops are not used yet. ``Engine`` serves requests through a ``PrefixCache``: on a hit it reuses the
+an MLP, with random weights. Attention runs through flashkit's paged decode/prefill wrappers over
+the engine's KV pool (bf16, pages of one token whose ids are the cache's slot ids; see
+attention.py). Every flashkit op runs on the chosen backend: "torch" or "triton" (the Triton
+interpreter on CPU). ``Engine`` serves requests through a ``PrefixCache``: on a hit it reuses the
 KV slots of the cached prefix and restores the SSM and conv states of the hit node, prefills only
 the rest, checkpoints the states the policy admits, and hands KV and states to the tree at the
 end. Freed slots and evicted states are filled with NaN, so a live request that read them would
@@ -21,6 +22,7 @@ import torch.nn.functional as F
 from flashkit.ops import causal_conv1d, chunk_ssd_scan
 
 from ._checks import token_ids
+from .attention import ATTN_DTYPE, BACKENDS, PagedAttention
 from .costs import HybridModelConfig
 from .policy import PrefixCache
 
@@ -66,7 +68,9 @@ class TinyHybrid:
         self.config = HybridModelConfig(
             n_ssm=self.n_ssm, n_attn=self.n_attn, n_mlp=len(layers), d_model=d_model,
             d_state=d_state, dtype_bytes=torch.finfo(dtype).bits // 8, expand=expand,
-            d_conv=d_conv, kv_dim=d_model, state_dtype_bytes=4)  # the scan keeps fp32 states
+            d_conv=d_conv, kv_dim=d_model, state_dtype_bytes=4,  # the scan keeps fp32 states
+            kv_dtype_bytes=torch.finfo(ATTN_DTYPE).bits // 8)
+        self._attn: dict[str, PagedAttention] = {}
 
     def zero_state(self):
         return [(torch.zeros(self.nh, self.p, self.n, dtype=torch.float32),
@@ -77,11 +81,23 @@ class TinyHybrid:
     def _norm(x):
         return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6)
 
-    def forward(self, tokens, start, slots, pool_k, pool_v, state, checkpoints=()):
+    def new_pool(self, num_slots: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """NaN-filled K and V pools [n_attn, num_slots, n_heads, head_dim] (bf16)."""
+        k = torch.full((self.n_attn, num_slots, self.ah, self.adh), float("nan"),
+                       dtype=ATTN_DTYPE)
+        return k, k.clone()
+
+    def attention(self, backend: str) -> PagedAttention:
+        if backend not in self._attn:
+            self._attn[backend] = PagedAttention(self.ah, self.adh, backend)
+        return self._attn[backend]
+
+    def forward(self, tokens, start, slots, pool_k, pool_v, state, checkpoints=(),
+                backend: str = "torch"):
         """Run ``tokens`` [T] at positions ``start..start+T-1``.
 
         slots : int64 [start + T], the pool slot of every position (the new ones are written)
-        pool_k, pool_v : [n_attn, num_slots, n_heads, head_dim]
+        pool_k, pool_v : [n_attn, num_slots, n_heads, head_dim] bf16 (``new_pool``)
         state : per SSM layer (ssm [nheads, headdim, d_state] fp32, conv [conv_dim, d_conv-1])
             after ``start`` tokens
         checkpoints : positions in (start, start + T] whose states to return
@@ -93,17 +109,17 @@ class TinyHybrid:
         x = self.embed[tokens]
         new_state, ckpts = [], {p: [] for p in checkpoints}
         ia = isl = 0
-        mask = (torch.arange(start + T)[None, :] <= torch.arange(start, start + T)[:, None])
+        attn = self.attention(backend)
+        if self.n_attn:
+            attn.plan(slots[:start + T], T)  # one page table for every attention layer
         for kind, mix, (w1, w2) in self.params:
             h = self._norm(x)
             if kind == "a":
                 q, k, v = (h @ mix["qkv"]).view(T, 3, self.ah, self.adh).unbind(1)
-                pool_k[ia, slots[start:start + T]] = k
-                pool_v[ia, slots[start:start + T]] = v
-                K, V = pool_k[ia, slots[:start + T]], pool_v[ia, slots[:start + T]]
-                s = torch.einsum("thd,shd->hts", q, K) * self.adh ** -0.5
-                a = torch.softmax(s.masked_fill(~mask, float("-inf")), -1)
-                x = x + torch.einsum("hts,shd->thd", a, V).reshape(T, self.d) @ mix["out"]
+                pool_k[ia, slots[start:start + T]] = k.to(pool_k.dtype)
+                pool_v[ia, slots[start:start + T]] = v.to(pool_v.dtype)
+                o = attn.run(q, pool_k[ia], pool_v[ia])
+                x = x + o.reshape(T, self.d) @ mix["out"]
                 ia += 1
             else:
                 ssm0, conv0 = state[isl]
@@ -111,7 +127,7 @@ class TinyHybrid:
                 xbc_t = xbc.t()[None]
                 conv_out, conv_fin = causal_conv1d(xbc_t, mix["conv_w"], mix["conv_b"], "silu",
                                                    initial_states=conv0[None].contiguous(),
-                                                   return_final_states=True, backend="torch")
+                                                   return_final_states=True, backend=backend)
                 xs, B, C = conv_out[0].t().contiguous().split([self.di, self.n, self.n], -1)
                 out = chunk_ssd_scan(
                     xs.reshape(1, T, self.nh, self.p), dt[None], mix["A"],
@@ -119,7 +135,7 @@ class TinyHybrid:
                     D=mix["D"], z=z.reshape(1, T, self.nh, self.p), dt_bias=mix["dt_bias"],
                     dt_softplus=True, initial_states=ssm0[None],
                     checkpoint_positions=rel or None, return_final_states=True,
-                    backend="torch")
+                    backend=backend)
                 y, fin = out[0], out[1]
                 full = torch.cat([conv0, xbc.t()], 1)  # conv inputs, the restored ones first
                 for i, (p, r) in enumerate(zip(checkpoints, rel)):
@@ -131,13 +147,12 @@ class TinyHybrid:
             x = x + F.gelu(self._norm(x) @ w1) @ w2
         return self._norm(x) @ self.head, new_state, ckpts
 
-    def logits_from_scratch(self, tokens) -> torch.Tensor:
-        """Reference: one forward over the whole sequence with a private pool."""
+    def logits_from_scratch(self, tokens, backend: str = "torch") -> torch.Tensor:
+        """The recompute: one forward over the whole sequence with a private pool."""
         T = len(tokens)
-        pk = torch.zeros(self.n_attn, T, self.ah, self.adh, dtype=self.dtype)
-        pv = torch.zeros_like(pk)
+        pk, pv = self.new_pool(T)
         logits, _, _ = self.forward(torch.as_tensor(tokens), 0, torch.arange(T), pk, pv,
-                                    self.zero_state())
+                                    self.zero_state(), backend=backend)
         return logits
 
 
@@ -166,11 +181,13 @@ class Engine:
 
     def __init__(self, model: TinyHybrid, cache_bytes: float | None, num_slots: int,
                  policy: str = "marconi", block: int = 32, chunk: int | None = None,
-                 alpha: float | None = None):
-        self.model = model
-        self.pool_k = torch.full((model.n_attn, num_slots, model.ah, model.adh), float("nan"),
-                                 dtype=model.dtype)
-        self.pool_v = self.pool_k.clone()
+                 alpha: float | None = None, backend: str = "torch"):
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        if isinstance(num_slots, bool) or not isinstance(num_slots, int) or num_slots < 1:
+            raise ValueError(f"num_slots must be an int >= 1, got {num_slots!r}")
+        self.model, self.backend = model, backend
+        self.pool_k, self.pool_v = model.new_pool(num_slots)
         self.free_slots = list(range(num_slots - 1, -1, -1))
         self.cache = None if cache_bytes is None else PrefixCache(
             model.config, cache_bytes, policy, block=block, chunk=chunk, alpha=alpha,
@@ -235,7 +252,7 @@ class Engine:
         ck = [p for p in req.wanted if req.pos < p <= upto]
         logits, req.state, states = self.model.forward(
             torch.as_tensor(req.seq[req.pos:upto], dtype=torch.int64), req.pos,
-            req.slots[:upto], self.pool_k, self.pool_v, req.state, ck)
+            req.slots[:upto], self.pool_k, self.pool_v, req.state, ck, backend=self.backend)
         req.states.update(states)
         req.pos = upto
         return logits
@@ -267,6 +284,8 @@ class Engine:
         keep[a:b] = True
         self._free(own[~keep[req.hit:]])
         self.cache.tree.unlock(req.node)
+        self.cache.requests += 1
+        self.cache.observe(req.seq[:req.n_input], req.seq[req.n_input:])  # the online alpha
 
     def live_slots_ok(self, live: list[Request]) -> bool:
         """No slot a live request reads is free, and no slot is free twice."""

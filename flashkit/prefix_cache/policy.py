@@ -18,10 +18,9 @@ recencies (RadixTree.recency) and E = the span of efficiencies over the eviction
 (what min-max gave at that moment), so a node's key changes only when it is accessed, split or
 merged. Alpha absorbs any residual scale.
 
-Online alpha: LRU until the first eviction; then the tree is snapshot, the next
-``bootstrap_mult`` x (requests seen so far) requests are served with LRU and recorded, replayed
-from the snapshot for alpha in 0, 0.1, ..., 2.0, and the alpha that saves the most FLOPs is kept
-(ties: the smallest).
+Online alpha (``tuner.AlphaTuner``): LRU until the first eviction; from then on one shadow
+cache per alpha of a log grid serves every request too, and every 50 requests the real cache
+takes the alpha whose shadow saved the most FLOPs since the first eviction.
 """
 from __future__ import annotations
 
@@ -32,11 +31,12 @@ import numpy as np
 from ._checks import finite_number, token_ids
 from .costs import HybridModelConfig
 from .radix import Node, RadixTree
+from .tuner import GRID, AlphaTuner
 
 __all__ = ["PrefixCache", "Hit", "POLICIES", "ALPHAS"]
 
 POLICIES = ("marconi", "sglang", "vllm")
-ALPHAS = tuple(round(0.1 * i, 1) for i in range(21))
+ALPHAS = GRID
 
 
 @dataclass
@@ -56,13 +56,13 @@ class PrefixCache:
     block : vLLM+ checkpoint interval (tokens)
     chunk : snap checkpoints down to multiples of this (None: exact positions)
     alpha : Marconi's weight of FLOP efficiency; None tunes it online
-    bootstrap_mult : bootstrap window = this x requests seen at the first eviction
+    tuner : the AlphaTuner used when alpha is None (default: AlphaTuner())
     on_evict : passed to RadixTree (the engine frees KV slots there)
     """
 
     def __init__(self, config: HybridModelConfig, capacity_bytes: float, policy: str = "marconi",
                  block: int = 32, chunk: int | None = None, alpha: float | None = None,
-                 bootstrap_mult: int = 3, on_evict=None):
+                 tuner: AlphaTuner | None = None, on_evict=None):
         if policy not in POLICIES:
             raise ValueError(f"policy must be one of {POLICIES}, got {policy!r}")
         if isinstance(block, bool) or not isinstance(block, (int, np.integer)) or block < 1:
@@ -75,16 +75,16 @@ class PrefixCache:
         self.config, self.policy, self.block, self.chunk = config, policy, block, chunk
         self.alpha = 0.0 if policy != "marconi" else (alpha or 0.0)
         self.tune = policy == "marconi" and alpha is None
-        self.bootstrap_mult = bootstrap_mult
+        if tuner is not None and not isinstance(tuner, AlphaTuner):
+            raise TypeError(f"tuner must be an AlphaTuner or None, got {type(tuner).__name__}")
+        self.tuner = (tuner or AlphaTuner()) if self.tune else None
+        self._start_tuner = False
         self._H = self._E = 1.0
         self.tree = RadixTree(config.kv_bytes_per_token, config.state_bytes, capacity_bytes,
                               score=self._score, on_evict=on_evict)
         self.requests = 0
         self.tuned_alpha: float | None = None if self.tune else self.alpha
-        self._snapshot = None
-        self._window: list | None = None
-        self._window_len = 0
-        if policy == "marconi":  # scales for the score (and, if tuning, the bootstrap)
+        if policy == "marconi":  # scales for the score (and, if tuning, the shadows)
             self.tree.on_first_evict = self._on_first_evict
 
     # -- scoring --------------------------------------------------------------------------
@@ -111,35 +111,34 @@ class PrefixCache:
         """The usable hit: the deepest state on the path, leaving at least the last input token
         to prefill (its logits start decoding)."""
         t = token_ids("input_tokens", input_tokens)
-        path, _, _ = self.tree.walk(t[:max(len(t) - 1, 0)])
+        path, _, _ = self.tree.walk(t)
         n = self.tree.deepest_state(path, len(t) - 1)
         return Hit(n.end, n)
 
-    def branch_positions(self, input_tokens) -> list[int]:
-        """Speculative insertion of the input (a dry run: the tree is not changed): where it
-        would split an edge or leave a stateless node, the state to checkpoint during prefill."""
-        if self.policy == "vllm":
-            return []
-        t = token_ids("input_tokens", input_tokens)
-        path, partial, m = self.tree.walk(t)
-        if m == 0 or (partial is None and m == len(t)):
+    def _branch(self, path, partial, m, n) -> list[int]:
+        if self.policy == "vllm" or m == 0 or (partial is None and m == n):
             return []
         if partial is None and path[-1].state is not None:
             return []
         p = self._snap(m)
         return [p] if p > 0 else []
 
+    def branch_positions(self, input_tokens) -> list[int]:
+        """Speculative insertion of the input (a dry run: the tree is not changed): where it
+        would split an edge or leave a stateless node, the state to checkpoint during prefill."""
+        t = token_ids("input_tokens", input_tokens)
+        return self._branch(*self.tree.walk(t), len(t))
+
+    def _positions(self, branch: list[int], seq_len: int) -> list[int]:
+        if self.policy == "vllm":
+            return list(range(self.block, seq_len + 1, self.block))
+        last = self._snap(seq_len)
+        return sorted(set(branch) | ({last} if last > 0 else set()))
+
     def checkpoint_positions(self, input_tokens, seq_len: int) -> list[int]:
         """Every position (sorted) whose state admission keeps for a request whose processed
         sequence (input + output) has ``seq_len`` tokens."""
-        if self.policy == "vllm":
-            b = self.block
-            return list(range(b, seq_len + 1, b))
-        ps = set(self.branch_positions(input_tokens))
-        last = self._snap(seq_len)
-        if last > 0:
-            ps.add(last)
-        return sorted(ps)
+        return self._positions(self.branch_positions(input_tokens), seq_len)
 
     def admit(self, seq_tokens, states: dict, kv=None):
         """Insert a finished request (see RadixTree.insert)."""
@@ -149,17 +148,18 @@ class PrefixCache:
         """Simulate one request end to end; returns the hit length."""
         inp = token_ids("input_tokens", input_tokens)
         seq = np.concatenate([inp, token_ids("output_tokens", output_tokens)])
-        hit = self.lookup(inp)
-        positions = self.checkpoint_positions(inp, len(seq))
-        self.tree.touch(hit.node)
-        self.tree.lock(hit.node)
+        path, partial, m = self.tree.walk(inp)  # one walk gives the hit and the branch point
+        node = self.tree.deepest_state(path, len(inp) - 1)
+        positions = self._positions(self._branch(path, partial, m, len(inp)), len(seq))
+        self.tree.touch(node)
+        self.tree.lock(node)
         try:
-            self.admit(seq, {p: True for p in positions})
+            self.tree.insert(seq, {p: True for p in positions})
         finally:
-            self.tree.unlock(hit.node)
+            self.tree.unlock(node)
         self.requests += 1
-        self._observe(inp, seq[len(inp):])
-        return hit.length
+        self.observe(inp, seq[len(inp):])
+        return node.end
 
     # -- online alpha ---------------------------------------------------------------------
     def _on_first_evict(self):
@@ -172,37 +172,38 @@ class PrefixCache:
             effs = [self.efficiency(n) for n in nodes]
             self._H = float(max(lasts) - min(lasts)) or 1.0
             self._E = float(max(effs) - min(effs)) or 1.0
-        if not self.tune:  # a fixed alpha: the same normalization, no bootstrap
+        if not self.tune:  # a fixed alpha: the same normalization, no shadows
             self.tree.rescore()
             return
-        self._snapshot = self._clone_structure()
-        self._window = []
-        self._window_len = max(1, self.bootstrap_mult * max(self.requests, 1))
+        self._start_tuner = True  # mid-insertion here: copy the tree once the request ends
 
-    def _observe(self, inp, out):
-        if self._window is None:
+    def observe(self, input_tokens, output_tokens):
+        """A request ended (``serve`` calls this; an engine calls it after ``admit``): feed
+        the tuner, and take the alpha it chooses."""
+        if self.tuner is None:
             return
-        self._window.append((inp, out))
-        if len(self._window) >= self._window_len:
-            window, self._window = self._window, None
-            best, best_flops = 0.0, -1.0
-            for a in ALPHAS:
-                c = self._snapshot_copy(a)
-                flops = sum(self.config.prefill_flops(c.serve(i, o)) for i, o in window)
-                if flops > best_flops:
-                    best, best_flops = a, flops
-            self._snapshot = None
-            self.tuned_alpha = best
-            self.set_alpha(best)
+        if self._start_tuner:
+            self._start_tuner = False
+            self.tuner.start(self)
+            return
+        if self.tuner.started:
+            alpha = self.tuner.observe(self, input_tokens, output_tokens)
+            if alpha is not None:
+                self.tuned_alpha = alpha
+                if alpha != self.alpha:
+                    self.set_alpha(alpha)
 
-    def _clone_structure(self) -> "PrefixCache":
-        """A payload-free copy (states -> True, no KV, no locks) with alpha fixed at 0."""
+    def clone(self, alpha: float) -> "PrefixCache":
+        """A payload-free copy (states -> True, no KV, no locks) with a fixed ``alpha`` and
+        this cache's scales, byte costs and clock."""
         c = PrefixCache(self.config, self.tree.capacity, "marconi", self.block, self.chunk,
-                        alpha=0.0)
+                        alpha=alpha)
         c._H, c._E = self._H, self._E
         t = c.tree
-        t.on_first_evict = None  # replays keep the scales fixed at the snapshot
+        t.kv_bytes, t.state_bytes = self.tree.kv_bytes, self.tree.state_bytes
+        t.on_first_evict = None  # shadows keep the scales fixed at the first eviction
         t.clock = self.tree.clock
+        t.evictions = self.tree.evictions
         stack = [(self.tree.root, t.root)]
         while stack:
             src, dst = stack.pop()
@@ -218,10 +219,4 @@ class PrefixCache:
                 stack.append((s, d))
         for n in t.nodes():
             t._push(n)
-        return c
-
-    def _snapshot_copy(self, alpha: float) -> "PrefixCache":
-        c = self._snapshot._clone_structure()
-        c.alpha = alpha
-        c.tree.rescore()
         return c

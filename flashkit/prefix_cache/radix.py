@@ -202,10 +202,10 @@ class RadixTree:
             self._add_bytes(n, self.state_bytes)
             self._dirty.append(n)
 
-    def bytes_needed(self, tokens: np.ndarray, positions: list[int]) -> list[int]:
+    def bytes_needed(self, tokens: np.ndarray, positions: list[int], walked=None) -> list[int]:
         """Extra bytes inserting ``tokens[:p]`` with states at ``positions[:i+1]`` would take,
-        for each i (positions sorted)."""
-        path, partial, m = self.walk(tokens[:positions[-1]])
+        for each i (positions sorted). ``walked``: ``walk(tokens[:positions[-1]])`` if known."""
+        path, partial, m = walked or self.walk(tokens[:positions[-1]])
         ends = {n.end: n for n in path}
         out, states = [], 0
         for p in positions:
@@ -222,8 +222,9 @@ class RadixTree:
         positions = sorted(p for p in states if p > 0)
         if not positions:
             return None, self.root
-        need = self.bytes_needed(tokens, positions)
-        path, partial, _ = self.walk(tokens[:positions[-1]])
+        walked = self.walk(tokens[:positions[-1]])
+        need = self.bytes_needed(tokens, positions, walked)
+        path, partial, _ = walked
         guard = partial or (path[-1] if path else self.root)
         self.lock(guard)
         try:
@@ -234,10 +235,9 @@ class RadixTree:
                 return None, self.root
             self.evict_until(self.capacity - need[len(positions) - 1])
             end = positions[-1]
-            adopted, node = self._insert_path(tokens[:end], kv)
+            adopted, path = self._insert_path(tokens[:end], kv)
         finally:
             self.unlock(guard)
-        path, _, _ = self.walk(tokens[:end])
         i = 0
         for p in positions:  # both sorted by position: one pass
             while path[i].end < p:
@@ -257,21 +257,22 @@ class RadixTree:
         self._dirty = []
 
     def _insert_path(self, tokens, kv):
+        """Add ``tokens`` to the tree; returns the adopted KV range (or None) and the path of
+        nodes covering them, root excluded."""
         path, partial, m = self.walk(tokens)
+        if partial is not None:  # the match ends inside an edge: cut it there
+            path.append(self._split(partial, m))
         if m == len(tokens):
-            if partial is not None:  # ends inside an edge: cut it there
-                return None, self._split(partial, m)
-            return None, path[-1] if path else self.root
+            return None, path
         parent = path[-1] if path else self.root
-        if partial is not None:
-            parent = self._split(partial, m)
         leaf = Node(parent, tokens[m:], m, None if kv is None else kv[m:len(tokens)], self.clock)
         parent.children[int(leaf.key[0])] = leaf
         self._dirty.append(parent)  # it has a new child: re-key it (or drop its candidacy)
         self.num_nodes += 1
         self.num_tokens += len(leaf.key)
         self.used_bytes += len(leaf.key) * self.kv_bytes
-        return (m, len(tokens)), leaf
+        path.append(leaf)
+        return (m, len(tokens)), path
 
     # -- eviction -------------------------------------------------------------------------
     def evict_one(self) -> bool:

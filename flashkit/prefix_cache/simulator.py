@@ -48,19 +48,22 @@ def load_latency_table(path) -> dict:
 def simulate(requests, config: HybridModelConfig | None = None, capacity_bytes: float = 0,
              policy: str = "marconi", block: int = 32, chunk: int | None = None,
              alpha: float | None = None, latency_table: dict | None = None,
-             bootstrap_mult: int = 3) -> dict:
+             tuner=None) -> dict:
     """Serve ``requests`` (dicts with input_tokens/output_tokens, in order) through a cache.
 
     Returns a dict: requests, input_tokens, hit_tokens, token_hit_rate, request_hit_rate,
     flops_saved (FLOPs), flops_saved_fraction (of all prefill FLOPs), states_cached,
     kv_tokens_cached, cache_bytes_used, evictions, alpha (the tuned or fixed value),
-    ttft_p5_ms, ttft_p50_ms, ttft_p95_ms, latency_table (its source), seconds (wall time).
+    ttft_p5_ms, ttft_p50_ms, ttft_p95_ms, latency_table (its source), seconds (wall time),
+    alpha_history ([requests served, alpha chosen] at each decision of the tuner; empty for a
+    fixed alpha or another policy). ``tuner``: an AlphaTuner for the online alpha (default:
+    AlphaTuner()).
     """
     config = config or HybridModelConfig()
     table = latency_table or default_latency_table(config)
     xs, ys = np.asarray(table["tokens"], float), np.asarray(table["ms"], float)
     cache = PrefixCache(config, capacity_bytes, policy, block=block, chunk=chunk, alpha=alpha,
-                        bootstrap_mult=bootstrap_mult)
+                        tuner=tuner)
     t0 = time.perf_counter()
     n_in = np.empty(len(requests), np.int64)
     hits = np.empty(len(requests), np.int64)
@@ -85,6 +88,7 @@ def simulate(requests, config: HybridModelConfig | None = None, capacity_bytes: 
         "alpha": cache.tuned_alpha if cache.tuned_alpha is not None else cache.alpha,
         "ttft_p5_ms": float(p5), "ttft_p50_ms": float(p50), "ttft_p95_ms": float(p95),
         "latency_table": table.get("source", "custom"), "seconds": seconds,
+        "alpha_history": [list(h) for h in cache.tuner.history] if cache.tuner else [],
     }
 
 
@@ -94,15 +98,20 @@ def sweep(requests, cache_gbs, policies=("marconi", "sglang", "vllm"), **kw) -> 
             for p in policies for gb in cache_gbs]
 
 
-def plot_hit_rates(results: list[dict], path) -> None:
-    """Token hit rate vs cache size, one line per policy (needs matplotlib)."""
+def _pyplot():
     try:
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError as e:
-        raise RuntimeError("plotting needs matplotlib (pip install matplotlib); the numbers "
-                           "are in --json") from e
+        raise RuntimeError("plotting needs matplotlib (pip install 'flashkit[demo]'); the "
+                           "numbers are in --json") from e
+    return plt
+
+
+def plot_hit_rates(results: list[dict], path) -> None:
+    """Token hit rate vs cache size, one line per policy (needs matplotlib)."""
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(5, 3.5))
     for p in dict.fromkeys(r["policy"] for r in results):
         rs = sorted((r for r in results if r["policy"] == p), key=lambda r: r["cache_gb"])
@@ -111,6 +120,26 @@ def plot_hit_rates(results: list[dict], path) -> None:
     ax.set_xlabel("cache size (GB)")
     ax.set_ylabel("token hit rate")
     ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def plot_alpha(results: list[dict], path) -> None:
+    """The tuned alpha over the trace (log scale), one step line per tuned run."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for r in results:
+        h = r.get("alpha_history") or []
+        if h:
+            xs = [x for x, _ in h] + [r["requests"]]
+            ys = [max(a, 1e-2) for _, a in h] + [max(h[-1][1], 1e-2)]
+            ax.step(xs, ys, where="post", label=f"{r['cache_gb']:g} GB")
+    ax.set_yscale("log")
+    ax.set_xlabel("requests served")
+    ax.set_ylabel("alpha (0 drawn at 0.01)")
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

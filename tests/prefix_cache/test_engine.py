@@ -7,9 +7,11 @@ import torch
 
 from flashkit.prefix_cache.engine import Engine, TinyHybrid
 
-# fp32 on CPU, torch backend: the resumed scan and the gathered attention differ from a single
-# forward only by summation order; observed max |diff| ~1e-6 on logits of magnitude ~4.
-TOL = dict(atol=2e-5, rtol=1e-5)
+# fp32 weights, bf16 KV pool and attention (the paged wrappers take fp16/bf16 only): the resumed
+# scan differs from one forward by summation order (~1e-6), which now and then flips the bf16
+# rounding of a K/V element; observed max |diff| 2.2e-4 on logits of magnitude ~4 (torch and
+# triton backends). A wrong or freed slot gives differences of order 1 (or NaN).
+TOL = dict(atol=2e-3, rtol=1e-3)
 
 
 @pytest.fixture(scope="module")
@@ -17,7 +19,9 @@ def model():
     return TinyHybrid(layers="sasa", seed=0)
 
 
-def serve_interleaved(model, engine, seed, sessions=6, turns=4):
+def serve_interleaved(model, engine, seed, sessions=6, turns=4, max_out=5):
+    """Sessions started, stepped and finished in a random interleaving; every request's logits
+    are checked against the recompute (one forward from scratch on the same backend)."""
     rng = random.Random(seed)
     systems = [[rng.randrange(64) for _ in range(rng.randrange(10, 30))] for _ in range(2)]
     history = {s: list(rng.choice(systems)) for s in range(sessions)}
@@ -29,7 +33,7 @@ def serve_interleaved(model, engine, seed, sessions=6, turns=4):
         if idle and (action < 0.35 or not live):
             s = rng.choice(idle)
             inp = history[s] + [rng.randrange(64) for _ in range(rng.randrange(2, 12))]
-            out = [rng.randrange(64) for _ in range(rng.randrange(1, 6))]
+            out = [rng.randrange(64) for _ in range(rng.randrange(1, max_out + 1))]
             req, first = engine.start(inp, out)
             hits += req.hit
             live[s] = (req, [first])
@@ -40,7 +44,7 @@ def serve_interleaved(model, engine, seed, sessions=6, turns=4):
                 logits.append(engine.step(req))
             else:
                 engine.finish(req)
-                ref = model.logits_from_scratch(req.seq)
+                ref = model.logits_from_scratch(req.seq, backend=engine.backend)
                 n = req.n_input
                 got = torch.stack(logits)
                 assert not torch.isnan(got).any(), "a live request read freed KV or a state"
@@ -67,6 +71,21 @@ def test_cached_logits_equal_uncached_under_eviction(model, policy, chunk, seed)
     tree.check_invariants()
     assert tree.used_bytes <= cap
     assert len(engine.free_slots) == 4000 - tree.num_tokens   # no slot leaked
+
+
+def test_triton_backend_cached_logits_equal_uncached_under_eviction():
+    # every op through its Triton kernel, in the interpreter: one SSM and one attention layer,
+    # 2 sessions x 2 turns, since each launch runs in Python (~0.5 s per chunk_ssd_scan call)
+    model = TinyHybrid(layers="sa", seed=3)
+    cfg = model.config
+    cap = 40 * cfg.kv_bytes_per_token + 1 * cfg.state_bytes
+    engine = Engine(model, cap, num_slots=500, policy="sglang", backend="triton")
+    hits, checked = serve_interleaved(model, engine, seed=4, sessions=2, turns=2, max_out=2)
+    tree = engine.cache.tree
+    assert checked == 4 and hits > 0 and tree.evictions > 0
+    tree.check_invariants()
+    assert tree.used_bytes <= cap
+    assert len(engine.free_slots) == 500 - tree.num_tokens   # no slot leaked
 
 
 def test_no_cache_engine_matches_too(model):
