@@ -259,11 +259,20 @@ class Engine:
 
     def step(self, req: Request) -> torch.Tensor:
         """Feed the next output token; the logits after it."""
+        return self.feed(req, 1)[-1]
+
+    def feed(self, req: Request, n: int | None = None) -> torch.Tensor:
+        """Feed the next ``n`` output tokens (all that are left by default) in one forward, as
+        a server replaying known answers would; their logits [n, vocab]."""
         if req.done:
             raise RuntimeError("step on a finished request")
-        if req.pos >= len(req.seq):
+        left = len(req.seq) - req.pos
+        if left == 0:
             raise RuntimeError("request already fed all its output tokens")
-        return self._run(req, req.pos + 1)[-1]
+        n = left if n is None else n
+        if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= left:
+            raise ValueError(f"n must be an int in [1, {left}] (output tokens left), got {n!r}")
+        return self._run(req, req.pos + n)
 
     def finish(self, req: Request):
         """Admit the request to the cache and unpin its hit. A handle is single-use: a second

@@ -113,3 +113,29 @@ def test_bad_layers_and_pool_exhaustion(model):
     engine = Engine(model, 1e9, num_slots=8)
     with pytest.raises(RuntimeError, match="KV pool exhausted"):
         engine.start(list(range(20)), [1])
+
+
+def test_feed_many_tokens_equals_stepping_them(model):
+    rng = np.random.default_rng(4)
+    inp, out = rng.integers(0, 64, 12).tolist(), rng.integers(0, 64, 5).tolist()
+    a = Engine(model, 1e9, num_slots=100)
+    req, first = a.start(inp, out)
+    stepped = torch.stack([a.step(req) for _ in out])
+    b = Engine(model, 1e9, num_slots=100)
+    req_b, _ = b.start(inp, out)
+    fed = torch.cat([b.feed(req_b, 2), b.feed(req_b)])
+    torch.testing.assert_close(fed, stepped, **TOL)
+    with pytest.raises(RuntimeError, match="all its output"):
+        b.feed(req_b)
+    req_c, _ = b.start(inp, out)
+    with pytest.raises(ValueError, match=r"n must be an int in \[1, 5\]"):
+        b.feed(req_c, 6)
+
+
+def test_serving_demo_answers_equal_their_recompute():
+    from flashkit.prefix_cache.serve_demo import serve_sessions
+
+    r = serve_sessions(sessions=4, max_turns=2, seed=1)
+    assert r["all_equal"] and r["requests"] == 8 and r["hit_tokens"] > 0
+    assert r["prefill_tokens"] + r["hit_tokens"] == r["input_tokens"]
+    assert 0 < r["token_hit_rate"] < 1 and 0 < r["flops_saved_fraction"] < 1
