@@ -1,4 +1,5 @@
-"""Deprecated alias of ``flashkit.prefix_cache.radix`` (the same module object; see __init__)."""
+"""Deprecated alias of ``flashkit.prefix_cache.radix`` (the same module
+object; see __init__)."""
 import sys
 
 from flashkit.prefix_cache import radix as _module

@@ -20,7 +20,8 @@ merged. Alpha absorbs any residual scale.
 
 Online alpha (``tuner.AlphaTuner``): LRU until the first eviction; from then on one shadow
 cache per alpha of a log grid serves every request too, and every 50 requests the real cache
-takes the alpha whose shadow saved the most FLOPs since the first eviction.
+takes the alpha whose shadow saved the most FLOPs over the last 500 requests (LRU unless that
+beats LRU's shadow by 5%).
 """
 from __future__ import annotations
 

@@ -37,7 +37,8 @@ import numpy as np
 
 from ._checks import finite_number, token_ids
 
-__all__ = ["PROFILES", "TraceConfig", "generate_trace", "write_trace", "read_trace", "parse_request"]
+__all__ = ["PROFILES", "TraceConfig", "generate_trace", "write_trace", "read_trace",
+           "parse_request"]
 
 PROFILES = ("lmsys", "sharegpt", "swebench")
 DECODE_S_PER_TOKEN = 0.02

@@ -14,7 +14,7 @@ Why a log grid up to 1e5: with the scales fixed at the first eviction, the sprea
 efficiency among candidates shrinks from about 0.3 to 0.02-0.10 as the cache fills, so the alpha
 at which efficiency starts to outvote recency on chat traces is in the hundreds to thousands;
 the response to alpha is jagged (neighbours differ by about 5%), so a choice from one short
-window is mostly noise, which the cumulative sum averages out.
+window is mostly noise: each decision looks at ten periods of 50 requests.
 """
 from __future__ import annotations
 
@@ -81,11 +81,9 @@ class AlphaTuner:
         self.seen += 1
         if self.seen % self.every:
             return None
-        if self.window is None:
-            self.totals = [t + p for t, p in zip(self.totals, self._period)]
-        else:
+        self.totals = [t + p for t, p in zip(self.totals, self._period)]
+        if self.window is not None:
             self._periods.append(self._period)
-            self.totals = [t + p for t, p in zip(self.totals, self._period)]
             if len(self._periods) > self.window // self.every:
                 old = self._periods.popleft()
                 self.totals = [t - o for t, o in zip(self.totals, old)]
