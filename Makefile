@@ -19,7 +19,12 @@ $(STAMP): setup.py pyproject.toml
 
 venv: $(STAMP)
 
-demo: $(STAMP)
+DEMO_STAMP := $(VENV)/.flashkit-demo-installed
+$(DEMO_STAMP): $(STAMP)
+	$(PY) -m pip install --quiet $(PIP_ARGS) -e ".[demo]"
+	touch $@
+
+demo: $(DEMO_STAMP)
 	$(PY) -m flashkit demo
 
 test: $(STAMP)

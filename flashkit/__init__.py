@@ -39,13 +39,14 @@ _LAZY = {
     "APOLLOMini": "flashkit.optim",
     "optimizer_state_bytes": "flashkit.optim",
 }
-_SUBMODULES = ("jit", "ops", "optim", "moe", "cache", "debloat")
+_SUBMODULES = ("jit", "ops", "optim", "moe", "prefix_cache", "debloat")
+_DEPRECATED_SUBMODULES = ("cache",)  # flashkit.prefix_cache's old name, kept for one release
 
 __all__ = ["__version__", *_LAZY, *_SUBMODULES]
 
 
 def __getattr__(name: str):
-    if name in _SUBMODULES:
+    if name in _SUBMODULES or name in _DEPRECATED_SUBMODULES:
         return importlib.import_module(f"flashkit.{name}")
     if name in _LAZY:
         value = getattr(importlib.import_module(_LAZY[name]), name)

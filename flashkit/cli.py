@@ -174,7 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_bench_parser(sub)  # bench
 
-    from .cache.cli import add_parser as add_cache_parsers
+    from .prefix_cache.cli import add_parser as add_cache_parsers
 
     add_cache_parsers(sub)  # cache-sim, cache-trace
 

@@ -83,6 +83,27 @@ def _planner_rows():
              per_plan, same)]
 
 
+def _serving(console) -> bool:
+    """Multi-turn sessions served by the tiny hybrid model through the prefix cache."""
+    from .prefix_cache.serve_demo import serve_sessions
+
+    console.rule("serving through the prefix cache (flashkit.prefix_cache)")
+    r = serve_sessions()
+    console.print(
+        f"{r['sessions']} sessions, {r['requests']} requests of a sharegpt-profile trace, tiny "
+        f"hybrid model (Mamba-2 + attention, flashkit kernels, torch backend), Marconi cache "
+        f"holding a third of the working set ({r['evictions']} evictions, alpha {r['alpha']:g})")
+    console.print(
+        f"  token hit rate {r['token_hit_rate']:.1%}, request hit rate "
+        f"{r['request_hit_rate']:.1%}; prefilled {r['prefill_tokens']} of "
+        f"{r['input_tokens']} input tokens; prefill FLOPs saved {r['flops_saved_fraction']:.1%}")
+    verdict = "[green]every cached answer equals its recompute" if r["all_equal"] else \
+        "[red]a cached answer differs from its recompute"
+    console.print(f"  {verdict} (max |logit diff| {r['max_abs_diff']:.1e}, bf16 attention) "
+                  f"[{r['seconds']:.1f} s]")
+    return r["all_equal"]
+
+
 def main(quick: bool = True) -> int:
     from rich.console import Console
     from rich.table import Table
@@ -129,5 +150,6 @@ def main(quick: bool = True) -> int:
     bench_args = ["merge_states", "plan_split_kv", "--device", device, "--no-save"]
     status = bench_main(bench_args + (["--quick"] if quick else []))
     all_ok &= status == 0
+    all_ok &= _serving(console)
     console.rule("[green]all checks passed" if all_ok else "[red]some checks failed")
     return 0 if all_ok else 1

@@ -4,7 +4,8 @@ import random
 import numpy as np
 import pytest
 
-from flashkit.cache import HybridModelConfig, PrefixCache, RadixTree
+from flashkit.prefix_cache import HybridModelConfig, PrefixCache, RadixTree
+from flashkit.prefix_cache.tuner import AlphaTuner
 
 # Tiny byte costs so that capacities are counted in tokens: 1 byte of KV per token, a state of 8.
 CFG = HybridModelConfig(n_ssm=1, n_attn=1, n_mlp=1, d_model=8, d_state=4, dtype_bytes=1)
@@ -136,7 +137,7 @@ def brute_hit(stored, tokens):
 def test_random_operations_keep_invariants(policy, seed):
     rng = random.Random(seed)
     cap = rng.choice([40, 120, 400])
-    c = tiny_cache(cap, policy=policy, block=3, bootstrap_mult=2)
+    c = tiny_cache(cap, policy=policy, block=3, tuner=AlphaTuner(every=10))
     offered = set()
     locks = {}
     base = [[rng.randrange(4) for _ in range(rng.randrange(1, 12))] for _ in range(6)]

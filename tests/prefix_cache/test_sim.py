@@ -5,10 +5,10 @@ import json
 import numpy as np
 import pytest
 
-from flashkit.cache import HybridModelConfig
-from flashkit.cache.cli import add_parser
-from flashkit.cache.simulator import default_latency_table, plot_hit_rates, simulate
-from flashkit.cache.traces import TraceConfig, generate_trace, read_trace, write_trace
+from flashkit.prefix_cache import HybridModelConfig
+from flashkit.prefix_cache.cli import add_parser
+from flashkit.prefix_cache.simulator import default_latency_table, plot_hit_rates, simulate
+from flashkit.prefix_cache.traces import TraceConfig, generate_trace, read_trace, write_trace
 
 KEYS = {"session_id", "turn_id", "ts", "num_input_tokens", "num_output_tokens", "input_tokens",
         "output_tokens"}
@@ -130,3 +130,22 @@ def test_plot_or_clear_message(tmp_path):
         return
     plot_hit_rates(res, tmp_path / "p.png")
     assert (tmp_path / "p.png").stat().st_size > 0
+
+
+def test_plot_alpha_over_the_trace_from_the_cli(tmp_path, capsys):
+    reqs = generate_trace(TraceConfig(profile="sharegpt", sessions=30, seed=5))
+    write_trace(reqs, tmp_path / "t.jsonl")
+    p = parser()
+    args = p.parse_args(["cache-sim", "--trace", str(tmp_path / "t.jsonl"), "--cache-gb", "3",
+                         "--policy", "marconi", "--policy", "sglang", "--plot-alpha",
+                         str(tmp_path / "a.png"), "--json", str(tmp_path / "m.json")])
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        assert args.fn(args) == 1 and "matplotlib" in capsys.readouterr().err
+        return
+    assert args.fn(args) == 0
+    assert "marconi vs sglang+ 3 GB: FLOPs saved" in capsys.readouterr().out
+    assert (tmp_path / "a.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    m = json.load(open(tmp_path / "m.json"))
+    assert len(m[0]["alpha_history"]) > 1 and m[1]["alpha_history"] == []

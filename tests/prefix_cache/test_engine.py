@@ -5,11 +5,13 @@ import numpy as np
 import pytest
 import torch
 
-from flashkit.cache.engine import Engine, TinyHybrid
+from flashkit.prefix_cache.engine import Engine, TinyHybrid
 
-# fp32 on CPU, torch backend: the resumed scan and the gathered attention differ from a single
-# forward only by summation order; observed max |diff| ~1e-6 on logits of magnitude ~4.
-TOL = dict(atol=2e-5, rtol=1e-5)
+# fp32 weights, bf16 KV pool and attention (the paged wrappers take fp16/bf16 only): the resumed
+# scan differs from one forward by summation order (~1e-6), which now and then flips the bf16
+# rounding of a K/V element; observed max |diff| 2.2e-4 on logits of magnitude ~4 (torch and
+# triton backends). A wrong or freed slot gives differences of order 1 (or NaN).
+TOL = dict(atol=2e-3, rtol=1e-3)
 
 
 @pytest.fixture(scope="module")
@@ -17,7 +19,9 @@ def model():
     return TinyHybrid(layers="sasa", seed=0)
 
 
-def serve_interleaved(model, engine, seed, sessions=6, turns=4):
+def serve_interleaved(model, engine, seed, sessions=6, turns=4, max_out=5):
+    """Sessions started, stepped and finished in a random interleaving; every request's logits
+    are checked against the recompute (one forward from scratch on the same backend)."""
     rng = random.Random(seed)
     systems = [[rng.randrange(64) for _ in range(rng.randrange(10, 30))] for _ in range(2)]
     history = {s: list(rng.choice(systems)) for s in range(sessions)}
@@ -29,7 +33,7 @@ def serve_interleaved(model, engine, seed, sessions=6, turns=4):
         if idle and (action < 0.35 or not live):
             s = rng.choice(idle)
             inp = history[s] + [rng.randrange(64) for _ in range(rng.randrange(2, 12))]
-            out = [rng.randrange(64) for _ in range(rng.randrange(1, 6))]
+            out = [rng.randrange(64) for _ in range(rng.randrange(1, max_out + 1))]
             req, first = engine.start(inp, out)
             hits += req.hit
             live[s] = (req, [first])
@@ -40,7 +44,7 @@ def serve_interleaved(model, engine, seed, sessions=6, turns=4):
                 logits.append(engine.step(req))
             else:
                 engine.finish(req)
-                ref = model.logits_from_scratch(req.seq)
+                ref = model.logits_from_scratch(req.seq, backend=engine.backend)
                 n = req.n_input
                 got = torch.stack(logits)
                 assert not torch.isnan(got).any(), "a live request read freed KV or a state"
@@ -69,6 +73,21 @@ def test_cached_logits_equal_uncached_under_eviction(model, policy, chunk, seed)
     assert len(engine.free_slots) == 4000 - tree.num_tokens   # no slot leaked
 
 
+def test_triton_backend_cached_logits_equal_uncached_under_eviction():
+    # every op through its Triton kernel, in the interpreter: one SSM and one attention layer,
+    # 2 sessions x 2 turns, since each launch runs in Python (~0.5 s per chunk_ssd_scan call)
+    model = TinyHybrid(layers="sa", seed=3)
+    cfg = model.config
+    cap = 40 * cfg.kv_bytes_per_token + 1 * cfg.state_bytes
+    engine = Engine(model, cap, num_slots=500, policy="sglang", backend="triton")
+    hits, checked = serve_interleaved(model, engine, seed=4, sessions=2, turns=2, max_out=2)
+    tree = engine.cache.tree
+    assert checked == 4 and hits > 0 and tree.evictions > 0
+    tree.check_invariants()
+    assert tree.used_bytes <= cap
+    assert len(engine.free_slots) == 500 - tree.num_tokens   # no slot leaked
+
+
 def test_no_cache_engine_matches_too(model):
     engine = Engine(model, None, num_slots=4000)
     hits, checked = serve_interleaved(model, engine, seed=3, sessions=3, turns=2)
@@ -94,3 +113,29 @@ def test_bad_layers_and_pool_exhaustion(model):
     engine = Engine(model, 1e9, num_slots=8)
     with pytest.raises(RuntimeError, match="KV pool exhausted"):
         engine.start(list(range(20)), [1])
+
+
+def test_feed_many_tokens_equals_stepping_them(model):
+    rng = np.random.default_rng(4)
+    inp, out = rng.integers(0, 64, 12).tolist(), rng.integers(0, 64, 5).tolist()
+    a = Engine(model, 1e9, num_slots=100)
+    req, first = a.start(inp, out)
+    stepped = torch.stack([a.step(req) for _ in out])
+    b = Engine(model, 1e9, num_slots=100)
+    req_b, _ = b.start(inp, out)
+    fed = torch.cat([b.feed(req_b, 2), b.feed(req_b)])
+    torch.testing.assert_close(fed, stepped, **TOL)
+    with pytest.raises(RuntimeError, match="all its output"):
+        b.feed(req_b)
+    req_c, _ = b.start(inp, out)
+    with pytest.raises(ValueError, match=r"n must be an int in \[1, 5\]"):
+        b.feed(req_c, 6)
+
+
+def test_serving_demo_answers_equal_their_recompute():
+    from flashkit.prefix_cache.serve_demo import serve_sessions
+
+    r = serve_sessions(sessions=4, max_turns=2, seed=1)
+    assert r["all_equal"] and r["requests"] == 8 and r["hit_tokens"] > 0
+    assert r["prefill_tokens"] + r["hit_tokens"] == r["input_tokens"]
+    assert 0 < r["token_hit_rate"] < 1 and 0 < r["flops_saved_fraction"] < 1

@@ -1,7 +1,7 @@
 """The cost model against numbers worked out by hand for Marconi's 7B hybrid."""
 import pytest
 
-from flashkit.cache import HybridModelConfig
+from flashkit.prefix_cache import HybridModelConfig
 
 
 def test_default_bytes_by_hand():
