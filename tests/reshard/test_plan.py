@@ -1,0 +1,101 @@
+import math
+
+import pytest
+import torch
+
+from flashkit.reshard import Layout, llama_rules, plan_reshard, shard
+
+from .common import HEAD_DIM, llama_state
+
+PAIRS = [(Layout(4, 1), Layout(1, 4)), (Layout(4, 1), Layout(2, 2)), (Layout(2, 2), Layout(1, 4)),
+         (Layout(1, 4), Layout(4, 1)), (Layout(2, 1, 2), Layout(4, 1)),
+         (Layout(1, 1, 4), Layout(2, 2)), (Layout(4, 1), Layout(4, 1))]
+
+
+def _rows(place, layout, rank):
+    return {r for a, b in place.intervals(layout, rank) for r in range(a, b)}
+
+
+def _apply(plan, shards, sd):
+    """Execute a plan in one process, piece by piece (the oracle for the executor's bookkeeping):
+    every destination row must be written exactly once."""
+    out = {}
+    for r in range(plan.dst.world_size):
+        out[r] = {}
+        for name in plan.shapes:
+            shape = plan.local_shape(name, r)
+            if shape is not None:
+                out[r][name] = torch.full(shape, float("nan"))
+        for name in plan.kept[r]:
+            out[r][name] = shards[r][name]
+    for t in list(plan.transfers) + list(plan.local):
+        ps, pd = plan.src_placement[t.name], plan.dst_placement[t.name]
+        src_rows = [x for a, b in ps.intervals(plan.src, t.src) for x in range(a, b)]
+        dst_rows = [x for a, b in pd.intervals(plan.dst, t.dst) for x in range(a, b)]
+        for g in range(t.start, t.stop):
+            piece = shards[t.src][t.name].select(t.dim, src_rows.index(g))
+            target = out[t.dst][t.name].select(t.dim, dst_rows.index(g))
+            assert torch.isnan(target).all(), f"{t.name} row {g} on rank {t.dst} written twice"
+            target.copy_(piece)
+    return out
+
+
+@pytest.mark.parametrize("src,dst", PAIRS, ids=lambda x: str(x))
+def test_plan_moves_exactly_what_is_missing(src, dst):
+    sd = llama_state()
+    rules = llama_rules(HEAD_DIM)
+    plan = plan_reshard(sd, rules, src, dst, max_step_bytes=600)
+    assert plan == plan_reshard(sd, rules, src, dst, max_step_bytes=600)  # deterministic
+    shards = {r: shard(sd, rules, src, r) for r in range(src.world_size)}
+    got = _apply(plan, shards, sd)
+    for r in range(dst.world_size):
+        want = shard(sd, rules, dst, r)
+        assert got[r].keys() == want.keys()
+        for n in want:
+            assert torch.equal(got[r][n], want[n]), (r, n)
+    # Brute force over rows: what a destination needs and its rank does not hold now.
+    lower = 0
+    for name, shape in plan.shapes.items():
+        ps, pd = plan.src_placement[name], plan.dst_placement[name]
+        row = math.prod(shape) // shape[ps.dim] * 4
+        for r in range(dst.world_size):
+            lower += len(_rows(pd, dst, r) - _rows(ps, src, r)) * row
+    assert plan.lower_bound == lower
+    assert plan.bytes_to_move == lower
+    for t in plan.transfers:  # a slice its rank holds never moves
+        held = _rows(plan.src_placement[t.name], src, t.dst)
+        assert not held & set(range(t.start, t.stop)), t
+    for step in plan.steps:
+        load = [0] * src.world_size
+        for i in step:
+            t = plan.transfers[i]
+            load[t.src] += t.nbytes
+            load[t.dst] += t.nbytes
+        assert max(load) <= 600 or len(step) == 1
+
+
+def test_identity_plan_moves_nothing():
+    sd = llama_state()
+    plan = plan_reshard(sd, llama_rules(HEAD_DIM), Layout(2, 2), Layout(2, 2))
+    assert plan.bytes_to_move == 0 and not plan.transfers and not plan.local
+    assert sum(len(k) for k in plan.kept) == sum(
+        len(shard(sd, llama_rules(HEAD_DIM), Layout(2, 2), r)) for r in range(4))
+
+
+def test_replicated_sources_share_the_load():
+    sd = llama_state()
+    plan = plan_reshard(sd, llama_rules(HEAD_DIM), Layout(1, 1, 4), Layout(4, 1))
+    # DP4 -> TP4: every rank already holds everything: only local copies, no traffic.
+    assert plan.bytes_to_move == 0
+    plan = plan_reshard(sd, llama_rules(HEAD_DIM), Layout(2, 1, 2), Layout(1, 4))
+    sends = [sum(t.nbytes for t in plan.transfers if t.src == r) for r in range(4)]
+    assert max(sends) <= 1.5 * min(sends), sends
+
+
+def test_default_step_budget_is_one_layer():
+    sd = llama_state()
+    plan = plan_reshard(sd, llama_rules(HEAD_DIM), Layout(4, 1), Layout(1, 4))
+    layer = sum(t.numel() * 4 for n, t in sd.items() if ".layers.0." in n)
+    assert plan.max_step_bytes == layer
+    assert all(t.nbytes <= layer for t in plan.transfers)
+    assert len(plan.steps) > 1
