@@ -146,6 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .cache.cli import add_parser as add_cache_parsers
 
     add_cache_parsers(sub)  # cache-sim, cache-trace
+    from .reshard.cli import add_parser as add_reshard_parsers; add_reshard_parsers(sub)  # noqa: E702,E501
 
     demo = sub.add_parser("demo", help="run every op on the best device against its reference")
     demo.add_argument("--full", action="store_true", help="larger shapes and timings")
