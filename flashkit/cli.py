@@ -146,7 +146,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .cache.cli import add_parser as add_cache_parsers
 
     add_cache_parsers(sub)  # cache-sim, cache-trace
-    from .reshard.cli import add_parser as add_reshard_parsers; add_reshard_parsers(sub)  # noqa: E702,E501
+    from .reshard.cli import add_parser as add_reshard_parsers
+
+    add_reshard_parsers(sub)  # reshard-sim, reshard-trace
 
     demo = sub.add_parser("demo", help="run every op on the best device against its reference")
     demo.add_argument("--full", action="store_true", help="larger shapes and timings")

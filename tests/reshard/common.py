@@ -83,6 +83,7 @@ def spawn(fn, world: int, *args):
     cores against well under 1 s for a fork (torch resets its thread pool after fork)."""
     import torch.multiprocessing as mp
 
+    os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
     mp.start_processes(_entry, args=(world, free_port(), fn, args), nprocs=world, join=True,
                        start_method="fork")
 
@@ -90,5 +91,3 @@ def spawn(fn, world: int, *args):
 def tmpdir() -> str:
     return tempfile.mkdtemp(prefix="flashkit-reshard-")
 
-
-os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")

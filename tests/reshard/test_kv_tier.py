@@ -78,3 +78,18 @@ def test_tier_rejects_bad_caches():
         tier.read(torch.zeros(2, 2, 4, 4, 8).half(), [0], [0], 2, (0, 4))
     with pytest.raises(ValueError, match="num_pages"):
         KVTier(0, 2, 4, 4, 8)
+
+
+@pytest.mark.gpu
+def test_tier_async_on_a_side_stream():
+    H, ps, D = 8, 16, 64
+    tier = KVTier(16, 2, H, ps, D, shared=False, pin=True)
+    pages = tier.allocator.alloc(5)
+    full = torch.randn(5, 2, H, ps, D, device="cuda").half()
+    for t in range(2):
+        tier.write_async(full[:, :, 4 * t:4 * t + 4].contiguous(), list(range(5)), pages, 0,
+                         (4 * t, 4 * t + 4)).wait()
+    torch.cuda.synchronize()
+    cache = torch.zeros(8, 2, 2, ps, D, device="cuda").half()
+    tier.read_async(cache, [7, 6, 5, 4, 3], pages, 0, (2, 4)).wait()
+    assert torch.equal(cache[[7, 6, 5, 4, 3]], full[:, :, 2:4])

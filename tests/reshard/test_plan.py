@@ -99,3 +99,19 @@ def test_default_step_budget_is_one_layer():
     assert plan.max_step_bytes == layer
     assert all(t.nbytes <= layer for t in plan.transfers)
     assert len(plan.steps) > 1
+
+
+def test_hybrid_plan_moves_mamba_heads():
+    from flashkit.cache.engine import TinyHybrid
+    from flashkit.reshard import hybrid_rules, hybrid_state_dict
+
+    m = TinyHybrid(layers="sasa", d_model=16, d_state=4, headdim=4, expand=2, n_heads=2)
+    sd = {k: v.contiguous() for k, v in hybrid_state_dict(m).items()}
+    rules = hybrid_rules(d_model=16, d_inner=m.di, d_state=4, headdim=4, attn_head_dim=m.adh)
+    for src, dst in ((Layout(2, 1), Layout(1, 2)), (Layout(2, 2), Layout(1, 4))):
+        plan = plan_reshard(sd, rules, src, dst)
+        shards = {r: shard(sd, rules, src, r) for r in range(src.world_size)}
+        got = _apply(plan, shards, sd)
+        for r in got:
+            want = shard(sd, rules, dst, r)
+            assert all(torch.equal(got[r][n], want[n]) for n in want), r
