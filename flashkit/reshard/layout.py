@@ -7,7 +7,6 @@ separately); its local tensor is their concatenation. Everything here is pure Py
 """
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import dataclass, field
 
@@ -210,7 +209,3 @@ def resolve(shapes: dict, rules, layout: Layout) -> dict[str, Placement]:
         dim, ivs = _tp_intervals(name, shape, rule, layout.tp)
         out[name] = Placement(name, shape, dim, stage, ivs)
     return out
-
-
-def numel(shape) -> int:
-    return math.prod(shape)

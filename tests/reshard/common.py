@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import socket
-import tempfile
 
 import torch
 
@@ -77,7 +76,7 @@ def _entry(rank, world, port, fn, args):
         dist.destroy_process_group()
 
 
-def spawn(fn, world: int, *args):
+def launch(fn, world: int, *args):
     """Run fn(rank, world, *args) in ``world`` gloo processes on localhost; re-raises the first
     failure. The processes are forked: a spawned one re-imports torch, 6 s each on two loaded
     cores against well under 1 s for a fork (torch resets its thread pool after fork)."""
@@ -86,8 +85,3 @@ def spawn(fn, world: int, *args):
     os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
     mp.start_processes(_entry, args=(world, free_port(), fn, args), nprocs=world, join=True,
                        start_method="fork")
-
-
-def tmpdir() -> str:
-    return tempfile.mkdtemp(prefix="flashkit-reshard-")
-

@@ -10,7 +10,7 @@ from flashkit.reshard.engine import serve
 from flashkit.reshard.kv_tier import KVTier
 from flashkit.reshard.model import TinyLlama, TinyLlamaConfig, random_llama_state, to_hf_config
 
-from .common import spawn, tmpdir
+from .common import launch
 
 CFG = TinyLlamaConfig(vocab=64, hidden=32, layers=4, heads=4, kv_heads=4, ffn=64)
 PROMPTS = [[3, 14, 15, 9, 26, 5, 35, 8, 9, 7, 9, 32, 38, 4, 6, 2, 6, 43], [1, 2, 3], [42] * 9]
@@ -31,13 +31,13 @@ def _serve(rank, world, prefill, decode, tier, out):
 
 
 @pytest.fixture(scope="module")
-def served():
-    d = tmpdir()
+def served(tmp_path_factory):
+    d = tmp_path_factory.mktemp("served")
     got = {}
     for name, (pre, dec) in CASES.items():
         tier = KVTier(32, CFG.layers, CFG.kv_heads, 4, CFG.head_dim)  # 4-token pages
         path = os.path.join(d, name + ".pt")
-        spawn(_serve, pre.world_size, pre, dec, tier, path)
+        launch(_serve, pre.world_size, pre, dec, tier, path)
         got[name] = torch.load(path)
     return got
 

@@ -5,7 +5,7 @@ import torch.distributed as dist
 
 from flashkit.reshard import Layout, llama_rules, plan_reshard, reshard, shard
 
-from .common import HEAD_DIM, llama_state, spawn
+from .common import HEAD_DIM, launch, llama_state
 
 CHAIN = [Layout(4, 1), Layout(2, 2), Layout(1, 4), Layout(4, 1)]
 
@@ -34,7 +34,7 @@ def _chain(rank, world):
 
 
 def test_chain_is_bit_identical():
-    spawn(_chain, 4)
+    launch(_chain, 4)
 
 
 def _peer_fails(rank, world):
@@ -52,5 +52,5 @@ def _peer_fails(rank, world):
 
 
 def test_failed_peer_leaves_old_layout():
-    spawn(_peer_fails, 2)
+    launch(_peer_fails, 2)
 

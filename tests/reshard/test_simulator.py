@@ -104,3 +104,13 @@ def test_cli(tmp_path, capsys):
         err = capsys.readouterr().err
         assert msg in err and err.count("\n") == 1
     assert main(["reshard-trace", "--kind", "chat", "--out", str(tmp_path / "x")]) == 2
+
+
+def test_cli_plot(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    p, png = tmp_path / "t.jsonl", tmp_path / "occ.png"
+    write_trace(generate_trace("arxiv", 60, 0), str(p))
+    assert main(["reshard-sim", "--trace", str(p), "--hardware", "A10", "--model", "70B",
+                 "--gpus", "8", "--plot", str(png)]) == 0
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "best mixed / best static" in capsys.readouterr().out
