@@ -199,7 +199,7 @@ def _decode(model: ShardedLlama, tier: KVTier, pages, lens, first, steps):
         tokens = logits.argmax(-1)
     for h in sends:
         h.wait()
-    return torch.stack(out)
+    return torch.stack(out) if out else torch.empty(0, B, c.vocab)
 
 
 def serve(cfg: TinyLlamaConfig, local_state: dict, rank: int, prompts, prefill: Layout,
