@@ -54,3 +54,22 @@ def _peer_fails(rank, world):
 def test_failed_peer_leaves_old_layout():
     launch(_peer_fails, 2)
 
+
+
+def _subgroups(rank, world):
+    # Two independent 2-rank groups re-shard at once, each TP2 -> PP2 on its own ranks.
+    sd = llama_state()
+    rules = llama_rules(HEAD_DIM)
+    groups = [dist.new_group([0, 1]), dist.new_group([2, 3])]
+    group, grank = groups[rank // 2], rank % 2
+    plan = plan_reshard(sd, rules, Layout(2, 1), Layout(1, 2))
+    new = reshard(shard(sd, rules, Layout(2, 1), grank), plan, grank, group)
+    want = shard(sd, rules, Layout(1, 2), grank)
+    assert new.keys() == want.keys() and all(torch.equal(new[n], want[n]) for n in want)
+    big = plan_reshard(sd, rules, Layout(4, 1), Layout(1, 4))
+    with pytest.raises(ValueError, match="the process group has 2 ranks; the plan is for 4"):
+        reshard(shard(sd, rules, Layout(4, 1), grank), big, grank, group)
+
+
+def test_subgroups_and_group_size():
+    launch(_subgroups, 4)
