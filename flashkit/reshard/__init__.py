@@ -14,7 +14,7 @@ _LAZY = {
     "Layout": "layout", "Rule": "layout", "Placement": "layout", "resolve": "layout",
     "llama_rules": "rules", "moe_rules": "rules", "hybrid_rules": "rules",
     "hybrid_state_dict": "rules",
-    "Transfer": "plan", "ReshardPlan": "plan", "plan_reshard": "plan",
+    "Transfer": "plan", "ReshardPlan": "plan", "plan_reshard": "plan", "best_order": "plan",
     "shard": "execute", "reshard": "execute",
 }
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import functools
 
 from .layout import Layout, layer_index
-from .plan import plan_reshard
+from .plan import best_order, plan_reshard
 from .profiles import Hardware, ModelProfile
 from .rules import llama_rules
 
@@ -110,6 +110,18 @@ class LayoutCost:
         return nbytes / (self.hw.pcie * self.lay.world_size)
 
 
+def _depth(model: ModelProfile, src: Layout, dst: Layout) -> int | None:
+    depth = max(src.pp, dst.pp)
+    return depth if model.layers % depth == 0 else None
+
+
+@functools.lru_cache(maxsize=256)
+def decode_order(model: ModelProfile, prefill: Layout, decode: Layout) -> Layout:
+    """``decode`` in the rank order that leaves the most of ``prefill``'s weights in place."""
+    return best_order(model.shapes(_depth(model, prefill, decode)), llama_rules(model.head_dim),
+                      prefill, decode, itemsize=model.dtype_bytes)
+
+
 @functools.lru_cache(maxsize=256)
 def reshard_traffic(model: ModelProfile, src: Layout, dst: Layout) -> tuple[float, float]:
     """(busiest rank's receive bytes, steps) of flashkit's plan from ``src`` to ``dst``.
@@ -117,9 +129,9 @@ def reshard_traffic(model: ModelProfile, src: Layout, dst: Layout) -> tuple[floa
     Plans a copy with as many layers as the deepest pipeline (every stage one layer) and
     scales the layer traffic: exact when pp divides the layers, and 80-layer plans get 10x
     cheaper."""
-    depth = max(src.pp, dst.pp)
-    scale = model.layers / depth if model.layers % depth == 0 else 1.0
-    plan = plan_reshard(model.shapes(depth if scale != 1.0 else None),
+    depth = _depth(model, src, dst)
+    scale = model.layers / depth if depth else 1.0
+    plan = plan_reshard(model.shapes(depth),
                         llama_rules(model.head_dim), src, dst, itemsize=model.dtype_bytes)
     recv = [0.0] * src.world_size
     for t in plan.transfers:

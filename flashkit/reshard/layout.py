@@ -25,18 +25,33 @@ def layer_index(name: str) -> int | None:
 
 @dataclass(frozen=True)
 class Layout:
-    """``tp`` x ``pp`` x ``dp`` ranks; rank = (d * pp + s) * tp + t (TP innermost, so a TP
-    group is a block of neighbouring ranks, as NVLink islands and NCCL rings want)."""
+    """``tp`` x ``pp`` x ``dp`` ranks. Position (d * pp + s) * tp + t (TP innermost, so a TP
+    group is a block of neighbouring ranks, as NVLink islands and NCCL rings want) is rank
+    ``order[position]``: the identity by default; ``best_order`` picks one that leaves more
+    of a source layout's slices in place."""
 
     tp: int
     pp: int
     dp: int = 1
+    order: tuple[int, ...] | None = None
 
     def __post_init__(self):
         for name in ("tp", "pp", "dp"):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise ValueError(f"Layout.{name} must be an int >= 1, got {v!r}")
+        if self.order is not None:
+            order = tuple(self.order)
+            if sorted(order) != list(range(self.world_size)):
+                raise ValueError(f"Layout.order must be a permutation of range({self.world_size})"
+                                 f", got {self.order!r}")
+            object.__setattr__(self, "order", None if order == tuple(sorted(order)) else order)
+        inv = None
+        if self.order is not None:
+            inv = [0] * self.world_size
+            for pos, r in enumerate(self.order):
+                inv[r] = pos
+        object.__setattr__(self, "_pos", inv)
 
     @property
     def world_size(self) -> int:
@@ -47,10 +62,12 @@ class Layout:
         if not isinstance(rank, int) or not 0 <= rank < self.world_size:
             raise ValueError(f"rank must be an int in [0, {self.world_size}) for {self}, "
                              f"got {rank!r}")
-        return rank // (self.pp * self.tp), rank // self.tp % self.pp, rank % self.tp
+        pos = rank if self._pos is None else self._pos[rank]
+        return pos // (self.pp * self.tp), pos // self.tp % self.pp, pos % self.tp
 
     def rank(self, d: int, s: int, t: int) -> int:
-        return (d * self.pp + s) * self.tp + t
+        pos = (d * self.pp + s) * self.tp + t
+        return pos if self.order is None else self.order[pos]
 
     def stage_of_layer(self, layer: int, n_layers: int) -> int:
         """Contiguous, balanced stages: the first n_layers % pp stages get one extra layer."""
@@ -59,7 +76,8 @@ class Layout:
         return layer // (base + 1) if layer < cut else extra + (layer - cut) // base
 
     def __str__(self) -> str:
-        return f"TP{self.tp}PP{self.pp}" + (f"DP{self.dp}" if self.dp > 1 else "")
+        name = f"TP{self.tp}PP{self.pp}" + (f"DP{self.dp}" if self.dp > 1 else "")
+        return name if self.order is None else name + "[" + ",".join(map(str, self.order)) + "]"
 
 
 @dataclass(frozen=True)

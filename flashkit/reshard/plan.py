@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from .layout import Layout, Placement, layer_index, resolve
 
-__all__ = ["Transfer", "ReshardPlan", "plan_reshard"]
+__all__ = ["Transfer", "ReshardPlan", "plan_reshard", "best_order"]
 
 
 @dataclass(frozen=True)
@@ -217,3 +217,43 @@ def _steps(transfers, budget, world):
     if cur:
         steps.append(tuple(cur))
     return tuple(steps)
+
+
+def best_order(shapes, rules, src: Layout, dst: Layout, *, itemsize: int | None = None) -> Layout:
+    """``dst`` with the rank order that keeps the most of ``src``'s bytes in place.
+
+    Which rank takes which (dp index, stage, tp index) is free; the plan's lower bound is for a
+    fixed order. This maximizes the bytes held in place, sum over positions of what the
+    position's rank already holds of what the position needs, by pairwise swaps from the
+    identity until none helps (deterministic; the tests check it reaches the optimum of every
+    4-rank pair). E.g. TP4 -> TP2PP2 of a 1.5 B-parameter model: 2.25 GB to move in the
+    default order, 1.50 GB with ranks 0 and 2 on stage 0.
+    """
+    if src.world_size != dst.world_size:
+        raise ValueError(f"world size differs: src {src} has {src.world_size} ranks, dst {dst} "
+                         f"has {dst.world_size}")
+    dims, sizes, _ = _normalize_shapes(shapes, itemsize)
+    base = Layout(dst.tp, dst.pp, dst.dp)
+    psrc, pdst = resolve(dims, rules, src), resolve(dims, rules, base)
+    n = src.world_size
+    held = [[0] * n for _ in range(n)]  # [position][rank]
+    for name, shape in dims.items():
+        row = math.prod(shape) // shape[psrc[name].dim] * sizes[name] if shape[psrc[name].dim] \
+            else 0
+        have = [psrc[name].intervals(src, r) for r in range(n)]
+        for pos in range(n):
+            for a, b in pdst[name].intervals(base, pos):
+                for r in range(n):
+                    held[pos][r] += _overlap(have[r], a, b) * row
+    order = list(range(n))
+    improved = True
+    while improved:
+        improved = False
+        for i in range(n):
+            for j in range(i + 1, n):
+                gain = (held[i][order[j]] + held[j][order[i]] - held[i][order[i]] -
+                        held[j][order[j]])
+                if gain > 0:
+                    order[i], order[j] = order[j], order[i]
+                    improved = True
+    return Layout(dst.tp, dst.pp, dst.dp, order=tuple(order))

@@ -22,7 +22,7 @@ import heapq
 from collections import deque
 from dataclasses import dataclass, field
 
-from .costs import LayoutCost, reshard_time
+from .costs import LayoutCost, decode_order, reshard_time
 from .layout import Layout
 from .profiles import Hardware, ModelProfile
 
@@ -109,6 +109,8 @@ class _Sim:
     def __init__(self, reqs, model: ModelProfile, hw: Hardware, P: Layout, D: Layout, gpus):
         self.reqs, self.model, self.hw = reqs, model, hw
         self.P, self.D = P, D
+        # The decode layout's ranks in the order that keeps the most weights in place.
+        self.Dx = decode_order(model, P, D) if P != D else D
         self.cp, self.cd = LayoutCost(model, hw, P), LayoutCost(model, hw, D)
         self.kvb = model.kv_bytes_per_token
         # Half the hosts' memory is the tier (the rest holds the OS, pinned buffers, ...).
@@ -246,7 +248,7 @@ def simulate(reqs, model: ModelProfile, hw: Hardware, prefill: Layout, decode: L
                     break
                 first = False
             if s.P != s.D:
-                s.switch(s.P, s.D)
+                s.switch(s.P, s.Dx)
             # Decode phase (layout D).
             s.refill()
             peak = len(s.running)
@@ -264,7 +266,7 @@ def simulate(reqs, model: ModelProfile, hw: Hardware, prefill: Layout, decode: L
             if s.running:
                 s.park_running()
             if not s.done() and s.P != s.D:
-                s.switch(s.D, s.P)
+                s.switch(s.Dx, s.P)
     out_tokens = sum(r["output_len"] for r in reqs)
     return SimResult(policy, str(prefill), str(decode), s.t, len(reqs), out_tokens,
                      s.transitions, s.tr_sec, s.occ)

@@ -16,7 +16,7 @@ CFG = TinyLlamaConfig(vocab=64, hidden=32, layers=4, heads=4, kv_heads=4, ffn=64
 PROMPTS = [[3, 14, 15, 9, 26, 5, 35, 8, 9, 7, 9, 32, 38, 4, 6, 2, 6, 43], [1, 2, 3], [42] * 9]
 NEW = 5
 CASES = {"PP2-TP2": (Layout(1, 2), Layout(2, 1)), "TP2PP2-TP4": (Layout(2, 2), Layout(4, 1)),
-         "PP4-TP2PP2": (Layout(1, 4), Layout(2, 2))}
+         "PP4-TP2PP2": (Layout(1, 4), Layout(2, 2, order=(0, 2, 1, 3)))}
 
 
 def _serve(rank, world, prefill, decode, tier, out):

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from flashkit.reshard import Layout, llama_rules, plan_reshard, shard
+from flashkit.reshard import Layout, best_order, llama_rules, plan_reshard, shard
 
 from .common import HEAD_DIM, llama_state
 
@@ -115,3 +115,32 @@ def test_hybrid_plan_moves_mamba_heads():
         for r in got:
             want = shard(sd, rules, dst, r)
             assert all(torch.equal(got[r][n], want[n]) for n in want), r
+
+
+@pytest.mark.parametrize("src,dst", [(Layout(4, 1), Layout(2, 2)), (Layout(4, 1), Layout(2, 1, 2)),
+                                     (Layout(2, 2), Layout(1, 2, 2)), (Layout(1, 4), Layout(2, 2))],
+                         ids=lambda x: str(x))
+def test_best_order_reaches_the_optimum(src, dst):
+    import itertools
+
+    sd = llama_state()
+    rules = llama_rules(HEAD_DIM)
+    best = best_order(sd, rules, src, dst)
+    brute = min(plan_reshard(sd, rules, src, Layout(dst.tp, dst.pp, dst.dp, order=o)).lower_bound
+                for o in itertools.permutations(range(4)))
+    plan = plan_reshard(sd, rules, src, best)
+    assert plan.lower_bound == brute <= plan_reshard(sd, rules, src, dst).lower_bound
+    shards = {r: shard(sd, rules, src, r) for r in range(4)}
+    got = _apply(plan, shards, sd)
+    for r in range(4):
+        want = shard(sd, rules, best, r)
+        assert all(torch.equal(got[r][n], want[n]) for n in want)
+
+
+def test_layout_order():
+    lay = Layout(2, 2, order=(0, 2, 1, 3))
+    assert [lay.coords(r) for r in range(4)] == [(0, 0, 0), (0, 1, 0), (0, 0, 1), (0, 1, 1)]
+    assert lay.rank(0, 0, 1) == 2 and str(lay) == "TP2PP2[0,2,1,3]"
+    assert Layout(2, 2, order=(0, 1, 2, 3)) == Layout(2, 2)
+    with pytest.raises(ValueError, match="Layout.order must be a permutation"):
+        Layout(2, 2, order=(0, 1, 1, 3))

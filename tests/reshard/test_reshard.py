@@ -7,7 +7,8 @@ from flashkit.reshard import Layout, llama_rules, plan_reshard, reshard, shard
 
 from .common import HEAD_DIM, launch, llama_state
 
-CHAIN = [Layout(4, 1), Layout(2, 2), Layout(1, 4), Layout(4, 1)]
+# TP2PP2 in the order best_order picks from TP4 (ranks 0 and 2 on stage 0).
+CHAIN = [Layout(4, 1), Layout(2, 2, order=(0, 2, 1, 3)), Layout(1, 4), Layout(4, 1)]
 
 
 def _chain(rank, world):

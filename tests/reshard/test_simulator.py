@@ -4,7 +4,7 @@ import statistics
 import pytest
 
 from flashkit.cli import main
-from flashkit.reshard.costs import LayoutCost, reshard_time, reshard_traffic
+from flashkit.reshard.costs import LayoutCost, decode_order, reshard_time, reshard_traffic
 from flashkit.reshard.layout import Layout
 from flashkit.reshard.plan import plan_reshard
 from flashkit.reshard.profiles import HARDWARE, MODELS
@@ -42,6 +42,10 @@ def test_reshard_time_scaling_is_exact():
         plan = plan_reshard(m.shapes(), llama_rules(m.head_dim), src, dst, itemsize=2)
         assert reshard_traffic(m, src, dst)[0] == plan.max_recv_bytes
         assert reshard_time(m, hw, src, dst) > plan.max_recv_bytes / hw.link
+    ordered = decode_order(m, Layout(4, 2), Layout(2, 2, 2))
+    assert ordered.order is not None
+    assert reshard_time(m, hw, Layout(4, 2), ordered) < reshard_time(m, hw, Layout(4, 2),
+                                                                     Layout(2, 2, 2))
 
 
 def test_cost_model_regimes():
