@@ -4,7 +4,8 @@ gloo, for a Llama-3.2-1B-shaped model in bf16 (16 layers, 2048 hidden, 32 heads,
 
     python -m flashkit.reshard.bench [--json PATH]
 
-Both start from the same TP4 shards and must produce identical tensors (CRC32 per tensor). Bytes are what the
+The third pair is TP4 -> TP2PP2 in the rank order best_order picks. Both start from the same
+TP4 shards and must produce identical tensors (CRC32 per tensor). Bytes are what the
 ranks receive, seconds the slowest rank's wall time between two barriers, transient memory the
 largest set of staging buffers one rank holds at once (receive + send buffers for reshard; the
 gathered pieces plus the assembled full tensor for the baseline), counted from the allocations.
@@ -26,12 +27,12 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from .layout import Layout, resolve
-from .plan import plan_reshard
+from .plan import best_order, plan_reshard
 from .execute import reshard
 from .rules import llama_rules
 
 CFG = dict(layers=16, hidden=2048, heads=32, kv_heads=8, ffn=8192, vocab=128256)
-PAIRS = [(Layout(4, 1), Layout(1, 4)), (Layout(4, 1), Layout(2, 2))]
+PAIRS = [(Layout(4, 1), Layout(1, 4)), (Layout(4, 1), Layout(2, 2)), (Layout(4, 1), "best TP2PP2")]
 
 
 def shapes_1b() -> dict:
@@ -112,6 +113,8 @@ def _worker(rank, world, port, queue):
     shapes, rules = shapes_1b(), llama_rules(CFG["hidden"] // CFG["heads"])
     rows = []
     for src, dst in PAIRS:
+        if dst == "best TP2PP2":  # the same pair in the rank order best_order picks
+            dst = best_order(shapes, rules, src, Layout(2, 2))
         plan = plan_reshard(shapes, rules, src, dst)
         local = _local_state(shapes, rules, src, rank)
         (ours, stats), t_ours = _timed(lambda: reshard(local, plan, rank, return_stats=True))
@@ -152,10 +155,10 @@ def main(argv=None) -> int:
     queue = ctx.Queue()
     mp.start_processes(_worker, args=(4, port, queue), nprocs=4, join=True, start_method="spawn")
     rows = queue.get()
-    print(f"{'pair':<16}{'plan GB':>9}{'reshard GB':>11}{'gather GB':>10}{'reshard s':>10}"
+    print(f"{'pair':<24}{'plan GB':>9}{'reshard GB':>11}{'gather GB':>10}{'reshard s':>10}"
           f"{'gather s':>9}{'reshard MB':>11}{'gather MB':>10}  identical")
     for r in rows:
-        print(f"{r['src'] + '->' + r['dst']:<16}{r['plan_bytes'] / 1e9:9.3f}"
+        print(f"{r['src'] + '->' + r['dst']:<24}{r['plan_bytes'] / 1e9:9.3f}"
               f"{r['reshard_bytes'] / 1e9:11.3f}{r['baseline_bytes'] / 1e9:10.3f}"
               f"{r['reshard_seconds']:10.2f}{r['baseline_seconds']:9.2f}"
               f"{r['reshard_transient'] / 1e6:11.1f}{r['baseline_transient'] / 1e6:10.1f}"
