@@ -80,7 +80,8 @@ def _validate(local_state, plan: ReshardPlan, rank: int, dtype):
                              f"the plan was made for {plan.itemsize[name]}")
         devices.add(have.device)
     if len(devices) > 1:
-        raise ValueError(f"local_state tensors must share one device, got {sorted(map(str, devices))}")
+        raise ValueError(f"local_state tensors must share one device, got "
+                         f"{sorted(map(str, devices))}")
     dtypes = {n: t.dtype for n, t in local_state.items()}
     uniform = set(dtypes.values())
     resolved = {}
@@ -126,6 +127,10 @@ def reshard(local_state, plan: ReshardPlan, rank: int, group=None, *, dtype=None
     if size != plan.src.world_size:
         raise ValueError(f"the process group has {size} ranks; the plan is for "
                          f"{plan.src.world_size} ({plan.src} -> {plan.dst})")
+    if dist.get_backend(group) == "nccl":
+        # NCCL's batched point-to-point is undefined as a group's first collective unless every
+        # rank joins it, and ranks with nothing to move in a step skip it.
+        dist.barrier(group)
     t0 = time.perf_counter()
     src_pl, dst_pl = plan.src_placement, plan.dst_placement
     new = {}

@@ -92,7 +92,8 @@ class ModelProfile:
             p = f"model.layers.{i}."
             s |= {p + "self_attn.q_proj.weight": (d, d), p + "self_attn.k_proj.weight": (kv, d),
                   p + "self_attn.v_proj.weight": (kv, d), p + "self_attn.o_proj.weight": (d, d),
-                  p + "mlp.gate_proj.weight": (self.ffn, d), p + "mlp.up_proj.weight": (self.ffn, d),
+                  p + "mlp.gate_proj.weight": (self.ffn, d),
+                  p + "mlp.up_proj.weight": (self.ffn, d),
                   p + "mlp.down_proj.weight": (d, self.ffn), p + "input_layernorm.weight": (d,),
                   p + "post_attention_layernorm.weight": (d,)}
         s |= {"model.norm.weight": (d,), "lm_head.weight": (self.vocab, d)}
