@@ -32,7 +32,8 @@ from .execute import reshard
 from .rules import llama_rules
 
 CFG = dict(layers=16, hidden=2048, heads=32, kv_heads=8, ffn=8192, vocab=128256)
-PAIRS = [(Layout(4, 1), Layout(1, 4)), (Layout(4, 1), Layout(2, 2)), (Layout(4, 1), "best TP2PP2")]
+PAIRS = [(Layout(4, 1), Layout(1, 4)), (Layout(4, 1), Layout(2, 2)),
+         (Layout(4, 1), "best TP2PP2")]
 
 
 def shapes_1b() -> dict:
@@ -143,11 +144,23 @@ def _worker(rank, world, port, queue):
     dist.destroy_process_group()
 
 
+def _revision():
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                                check=True).stdout.strip()
+        dirty = bool(subprocess.run(["git", "status", "--porcelain"], capture_output=True,
+                                    text=True, check=True).stdout.strip())
+    except (OSError, subprocess.CalledProcessError):
+        commit, dirty = None, None
+    return commit, dirty
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m flashkit.reshard.bench", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--json", help="also write the results (with versions and commit) here")
     args = ap.parse_args(argv)
+    commit, dirty = _revision()  # before the run: the tree may change while it runs
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -164,20 +177,13 @@ def main(argv=None) -> int:
               f"{r['reshard_transient'] / 1e6:11.1f}{r['baseline_transient'] / 1e6:10.1f}"
               f"  {r['identical']}")
     if args.json:
-        try:
-            commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True,
-                                    text=True, check=True).stdout.strip()
-            dirty = bool(subprocess.run(["git", "status", "--porcelain"], capture_output=True,
-                                        text=True, check=True).stdout.strip())
-        except (OSError, subprocess.CalledProcessError):
-            commit, dirty = None, None
         meta = dict(device=f"CPU ({platform.processor() or platform.machine()}, "
                            f"{os.cpu_count()} cores), gloo over loopback, 4 processes",
                     torch=torch.__version__, python=platform.python_version(), commit=commit,
                     dirty=dirty,
                     command="python -m flashkit.reshard.bench " + " ".join(argv or sys.argv[1:]),
-                    time=time.strftime("%Y-%m-%dT%H:%M:%S"), model="Llama-3.2-1B-shaped, untied LM head, bf16",
-                    results=rows)
+                    time=time.strftime("%Y-%m-%dT%H:%M:%S"),
+                    model="Llama-3.2-1B-shaped, untied LM head, bf16", results=rows)
         with open(args.json, "w") as f:
             json.dump(meta, f, indent=1)
     return 0
