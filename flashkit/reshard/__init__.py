@@ -16,6 +16,8 @@ _LAZY = {
     "hybrid_state_dict": "rules",
     "Transfer": "plan", "ReshardPlan": "plan", "plan_reshard": "plan", "best_order": "plan",
     "shard": "execute", "reshard": "execute",
+    "KVTier": "kv_tier", "PageAllocator": "kv_tier",
+    "simulate": "simulator", "search_layouts": "search",
 }
 
 __all__ = list(_LAZY)
