@@ -177,6 +177,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .prefix_cache.cli import add_parser as add_cache_parsers
 
     add_cache_parsers(sub)  # cache-sim, cache-trace
+    from .reshard.cli import add_parser as add_reshard_parsers
+
+    add_reshard_parsers(sub)  # reshard-sim, reshard-trace
 
     from .debloat.cli import add_parser as add_debloat_parser
 
