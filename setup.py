@@ -74,7 +74,9 @@ setup(
         "test": ["pytest>=8", "pytest-xdist>=3", "pytest-benchmark>=4", "hypothesis>=6",
                  *DEBLOAT, "nvidia-cuda-cuobjdump", *TRANSFORMERS,
                  # the chunk_ssd_scan benchmark's baseline; its tests check the mapping on CPU
-                 "fla-core==0.6.0"],
+                 "fla-core==0.6.0",
+                 # the plot paths of cache-sim, reshard-sim and placement-sim
+                 "matplotlib>=3.7"],
     },
     entry_points={"console_scripts": ["flashkit = flashkit.cli:main"]},
 )
