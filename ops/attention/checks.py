@@ -171,10 +171,11 @@ def check_run_inputs(plan: AttentionPlan, q, paged_kv_cache, kv_layout, device, 
 
 def check_outputs(plan: AttentionPlan, q, out, lse):
     shape = (q.shape[0], plan.num_qo_heads, plan.head_dim)
+    o_dtype = plan.o_dtype or q.dtype
     if out is None:
-        out = torch.empty(shape, dtype=q.dtype, device=q.device)
+        out = torch.empty(shape, dtype=o_dtype, device=q.device)
     else:
-        check_tensor("out", out, dtypes=(q.dtype,), shape=shape, device=q.device,
+        check_tensor("out", out, dtypes=(o_dtype,), shape=shape, device=q.device,
                      last_dim_contiguous=True)
     if lse is None:
         lse = torch.empty(shape[:2], dtype=torch.float32, device=q.device)
