@@ -71,10 +71,10 @@ def check_split_hints(fixed_split_size, disable_split_kv) -> None:
     check_flag("disable_split_kv", disable_split_kv)
 
 
-def check_one(name: str, value, want) -> None:
+def check_one(name: str, value, want, why: str = "") -> None:
     """An argument flashkit supports at one value only (q_len_per_req=1, window_right=0, ...)."""
     if value is not None and (isinstance(value, bool) or value != want):
-        raise ValueError(f"{name} must be {want!r} (or None) in flashkit, got {value!r}")
+        raise ValueError(f"{name} must be {want!r} (or None) in flashkit{why}, got {value!r}")
 
 
 def out_dtype(name: str, value, q_dtype: torch.dtype) -> torch.dtype:
@@ -115,7 +115,8 @@ def check_prefill_extras(head_dim_qk, head_dim_vo, packed_custom_mask, pos_encod
                          fixed_split_size, disable_split_kv, **unsupported) -> None:
     """The FlashInfer plan() arguments of the prefill wrappers beyond flashkit's own: RoPE,
     split hints and flags checked (no effect), the rest refused unless None/False."""
-    check_one("head_dim_vo", head_dim_vo, head_dim_qk)
+    check_one("head_dim_vo", head_dim_vo, head_dim_qk, " (head_dim_qk: q, k and v share one "
+              "head_dim)")
     check_rope(pos_encoding_mode, rope_scale, rope_theta)
     check_flag("use_fp16_qk_reduction", use_fp16_qk_reduction)  # flashkit: fp32 QK always
     check_split_hints(fixed_split_size, disable_split_kv)
