@@ -90,7 +90,8 @@ def single_decode_with_kv_cache(q: torch.Tensor, k: torch.Tensor, v: torch.Tenso
     sm_scale : default 1/sqrt(head_dim)
     return_lse : also return the base-2 LSE [num_qo_heads] float32
     backend : "auto" (Triton on CUDA, torch on CPU) | "triton" | "torch" | "cuda" (the NVRTC
-        decode kernel; not yet verified on a GPU, so "auto" does not pick it)
+        decode kernel, explicit only until it passes on a GPU: docs/status.md); FlashInfer's
+        backend names ("fa2", "fa3", "trtllm-gen", ...) mean "auto"
     variant, variant_args : a custom logits transform/mask (flashkit.ops.attention.variants)
 
     Returns
@@ -152,8 +153,8 @@ class BatchDecodeWithPagedKVCacheWrapper(DecodeForward, PlannedWrapper):
         only max_batch, as FlashInfer requires); run() then takes q with between batch and
         max_batch rows, rows past the planned batch giving o = 0 and lse = -inf, so capture
         run() with q/out of max_batch rows to replay any smaller batch.
-    backend : "auto" | "triton" | "torch" | "cuda" (the NVRTC decode kernel, explicit only:
-        "auto" keeps Triton until it has been verified on a GPU; no use_cuda_graph). The torch
+    backend : "auto" | "triton" | "torch" | "cuda" (the NVRTC decode kernel, explicit only
+        until it passes on a GPU, docs/status.md; no use_cuda_graph). The torch
         backend reads the page table on the host, so it runs a graph-mode plan but cannot be
         captured.
 
