@@ -9,6 +9,8 @@ from .compat import check_flag
 
 
 class DecodeForward:
+    """BatchDecodeWithPagedKVCacheWrapper's forward(q, paged_kv_cache, ...)."""
+
     def forward(self, q: torch.Tensor, paged_kv_cache, pos_encoding_mode: str = "NONE",
                 q_scale: float | None = None, k_scale: float | None = None,
                 v_scale: float | None = None, window_left: int = -1,
@@ -34,6 +36,8 @@ class DecodeForward:
 
 
 class PagedPrefillForward:
+    """BatchPrefillWithPagedKVCacheWrapper's forward(q, paged_kv_cache, causal, ...)."""
+
     def forward(self, q: torch.Tensor, paged_kv_cache, causal: bool = False,
                 pos_encoding_mode: str = "NONE", use_fp16_qk_reduction: bool = False,
                 k_scale: float | None = None, v_scale: float | None = None,
@@ -59,6 +63,8 @@ class PagedPrefillForward:
 
 
 class RaggedPrefillForward:
+    """BatchPrefillWithRaggedKVCacheWrapper's forward(q, k, v, causal, ...)."""
+
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = False,
                 pos_encoding_mode: str = "NONE", use_fp16_qk_reduction: bool = False,
                 window_left: int = -1, logits_soft_cap: float | None = None,

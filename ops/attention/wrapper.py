@@ -81,4 +81,6 @@ def finish_lse(lse: torch.Tensor, lse_base: str) -> torch.Tensor:
 
 
 def refuse_run_extras(**args) -> None:
-    refuse("no attention sinks, skip-softmax, NVFP4 scale factors or fp16 softmax", **args)
+    """run()'s FlashInfer arguments for features flashkit's kernels do not have."""
+    refuse("no attention sinks, skip-softmax, NVFP4 scale factors, fp16 softmax, sparse "
+           "compression or fp8 output scaling", **args)

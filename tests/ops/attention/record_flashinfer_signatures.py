@@ -103,6 +103,18 @@ def record(sources: dict[str, str], version: str) -> dict:
     return snap
 
 
+def dumps(obj, indent: str = "") -> str:
+    """JSON with one parameter per line, so that a new release's diff reads parameter by
+    parameter."""
+    inner = indent + " "
+    if isinstance(obj, dict) and "kind" not in obj:
+        items = [f"{inner}{json.dumps(k)}: {dumps(v, inner)}" for k, v in obj.items()]
+        return "{\n" + ",\n".join(items) + "\n" + indent + "}"
+    if isinstance(obj, list):
+        return "[\n" + ",\n".join(inner + dumps(v, inner) for v in obj) + "\n" + indent + "]"
+    return json.dumps(obj)
+
+
 def main(argv: list[str]) -> int:
     if len(argv) != 1 or not argv[0].endswith(".whl"):
         print("usage: record_flashinfer_signatures.py flashinfer_python-<version>-*.whl",
@@ -112,7 +124,7 @@ def main(argv: list[str]) -> int:
     version = wheel.name.split("-")[1]
     with zipfile.ZipFile(wheel) as z:
         sources = {f: z.read(f"flashinfer/{f}").decode() for f in {*FUNCTIONS, *CLASSES}}
-    OUT.write_text(json.dumps(record(sources, version), indent=1) + "\n")
+    OUT.write_text(dumps(record(sources, version)) + "\n")
     print(f"wrote {OUT} (FlashInfer {version})")
     return 0
 

@@ -76,3 +76,38 @@ def test_snapshot_covers_the_scope():
         "BatchDecodeWithPagedKVCacheWrapper", "BatchPrefillWithPagedKVCacheWrapper",
         "BatchPrefillWithRaggedKVCacheWrapper", "MultiLevelCascadeAttentionWrapper"}
     assert SNAPSHOT["flashinfer_version"].startswith("0.7.")
+
+
+def test_recorder_reads_overloads_aliases_and_legacy_plans():
+    """The recorder on a small source of FlashInfer's shapes: @overload stubs skipped, aliases
+    kept as text, a plan(*deprecated_positional_args, **kwargs) expanded to what binds."""
+    import ast as _ast
+
+    from tests.ops.attention.record_flashinfer_signatures import params, record_class
+
+    src = '''
+_LEGACY = ("window_left", "q_data_type")
+class W:
+    def __init__(self, ws, kv_layout="NHD"): ...
+    def plan(self, indptr, *deprecated_positional_args, **kwargs):
+        return _merge(_LEGACY, deprecated_positional_args, kwargs)
+    def _plan_impl(self, indptr, *, window_left=-1, q_data_type="float16", extra=None): ...
+    begin_forward = plan
+    @overload
+    def run(self, q, return_lse: Literal[False] = False): ...
+    def run(self, q, *args, out=None, return_lse=False): ...
+    run_return_lse = functools.partialmethod(run, return_lse=True)
+'''
+    tree = _ast.parse(src)
+    rec = record_class(tree.body[1], tree)
+    names = lambda m: [(p["name"], p["kind"][:3], p["default"]) for p in rec[m]["params"]]
+    assert names("plan") == [("self", "POS", None), ("indptr", "POS", None),
+                             ("window_left", "POS", "-1"), ("q_data_type", "POS", "'float16'"),
+                             ("extra", "KEY", "None")]
+    assert names("run") == [("self", "POS", None), ("q", "POS", None), ("args", "VAR", None),
+                            ("out", "KEY", "None"), ("return_lse", "KEY", "False")]
+    assert rec["begin_forward"] == {"alias": "plan"}
+    assert rec["run_return_lse"] == {"alias": "functools.partialmethod(run, return_lse=True)"}
+    assert list(rec) == ["__init__", "plan", "run", "begin_forward", "run_return_lse"]
+    assert params(tree.body[1].body[0])[1] == {"name": "ws", "kind": "POSITIONAL_OR_KEYWORD",
+                                               "default": None}
