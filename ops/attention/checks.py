@@ -182,3 +182,16 @@ def check_outputs(plan: AttentionPlan, q, out, lse):
     else:
         check_tensor("lse", lse, dtypes=(torch.float32,), shape=shape[:2], device=q.device)
     return out, lse
+
+
+def check_mask(custom_mask, qo_ptr, kv_lens, device):
+    """custom_mask: bool, flattened per request ([qo_len_i, kv_len_i] row-major, concatenated).
+    Returns (the mask as flat uint8, its per-request offsets int64 [batch + 1]) or Nones."""
+    if custom_mask is None:
+        return None, None
+    sizes = np.diff(qo_ptr) * kv_lens
+    check_tensor("custom_mask", custom_mask, dtypes=(torch.bool,), device=device)
+    if custom_mask.numel() != int(sizes.sum()):
+        raise ValueError(f"custom_mask must hold sum(qo_len * kv_len) = {int(sizes.sum())} "
+                         f"booleans, got {custom_mask.numel()}")
+    return custom_mask.reshape(-1).contiguous().view(torch.uint8), np.cumsum([0, *sizes])

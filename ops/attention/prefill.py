@@ -15,8 +15,8 @@ import torch
 
 from .._common.checks import check_int, check_tensor
 from .checks import (KV_DTYPES, attn_backend, check_heads, check_indptr, check_layout,
-                     check_outputs, check_page_table, check_run_inputs, check_scalars,
-                     check_single_kv)
+                     check_mask, check_outputs, check_page_table, check_run_inputs,
+                     check_scalars, check_single_kv)
 from .compat import (as_backend, check_flag, check_host_indptr, check_lse_form,
                      check_prefill_extras, check_rope, check_scale, check_uniform_q_len,
                      out_dtype, plan_dtypes, refuse, variant_args_of)
@@ -32,19 +32,6 @@ from .wrapper import PlannedWrapper, finish_lse, refuse_run_extras
 
 __all__ = ["single_prefill_with_kv_cache", "BatchPrefillWithPagedKVCacheWrapper",
            "BatchPrefillWithRaggedKVCacheWrapper"]
-
-
-def check_mask(custom_mask, qo_ptr, kv_lens, device):
-    """custom_mask: bool, flattened per request ([qo_len_i, kv_len_i] row-major, concatenated).
-    Returns (the mask as flat uint8, its per-request offsets int64 [batch + 1]) or Nones."""
-    if custom_mask is None:
-        return None, None
-    sizes = np.diff(qo_ptr) * kv_lens
-    check_tensor("custom_mask", custom_mask, dtypes=(torch.bool,), device=device)
-    if custom_mask.numel() != int(sizes.sum()):
-        raise ValueError(f"custom_mask must hold sum(qo_len * kv_len) = {int(sizes.sum())} "
-                         f"booleans, got {custom_mask.numel()}")
-    return custom_mask.reshape(-1).contiguous().view(torch.uint8), np.cumsum([0, *sizes])
 
 
 def single_prefill_with_kv_cache(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
@@ -326,7 +313,6 @@ class BatchPrefillWithPagedKVCacheWrapper(PagedPrefillForward, _PrefillWrapper):
                          plan, q_scale, k_scale, v_scale, lse_base)
 
     run_return_lse = functools.partialmethod(run, return_lse=True)
-
 
 
 class BatchPrefillWithRaggedKVCacheWrapper(RaggedPrefillForward, _PrefillWrapper):
