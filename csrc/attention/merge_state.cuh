@@ -35,7 +35,7 @@ constexpr int kMaxBlockThreads = 1024;
 // 13.5, sm_90, bf16 hd128) still issues them two at a time in SASS; at 49 registers (36 resident
 // warps per SM) that keeps 36 warps x 32 lanes x 2 x 16 B = ~36 KB in flight per SM, above the
 // ~18 KB that Little's law asks for on H100 (3.35 TB/s x ~0.7 us DRAM latency / 132 SMs).
-// Not yet measured on a GPU.
+// Not yet measured on a GPU (docs/status.md).
 constexpr int kMergeStatesUnroll = 4;
 
 __device__ __forceinline__ float neg_inf() { return __uint_as_float(0xff800000u); }

@@ -8,9 +8,9 @@ measures a faster path updates the row, nothing else. What each row holds and wh
 - merge_state (merge_state, merge_state_in_place, merge_states): the CUDA C++ kernels where NVRTC
   works, else Triton.
 - attention_decode: Triton. The NVRTC decode kernel (ops/attention/decode_cuda.py) compiles for
-  sm_80/sm_90 and its SASS is checked, but it has not run on a GPU: put ``cuda`` first once
-  tests/ops/attention/test_decode_cuda.py passes with -m gpu and the decode benchmark says it
-  wins.
+  sm_80/sm_90 and its SASS is checked, but it has not run on a GPU (docs/status.md): put
+  ``cuda`` first once tests/ops/attention/test_decode_cuda.py passes with -m gpu and the decode
+  benchmark says it wins.
 - attention_prefill: Triton; no CUDA prefill kernel yet, so ``cuda`` is refused.
 - ssm (chunk_ssd_scan, selective_scan, selective_state_update, causal_conv1d[_update]): Triton;
   the family has no CUDA C++ kernels, so ``cuda`` is refused rather than silently mapped.

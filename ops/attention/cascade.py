@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 
 from .._common.checks import check_int, check_tensor
+from .compat import check_flag, check_rope
 from .merge_state import merge_state_in_place
 from .prefill import BatchPrefillWithPagedKVCacheWrapper
 
@@ -25,7 +26,7 @@ class MultiLevelCascadeAttentionWrapper:
     kv_layout : "NHD" | "HND"
     backend : "auto" | "triton" | "torch" (the levels' prefill and the merge)
 
-    plan(qo_indptr_arr, paged_kv_indptr_arr, paged_kv_indices_arr, paged_kv_last_page_len_arr,
+    plan(qo_indptr_arr, paged_kv_indptr_arr, paged_kv_indices_arr, paged_kv_last_page_len,
     num_qo_heads, num_kv_heads, head_dim, page_size, causal=False, ...): one page table per
     level (lists of num_levels int32 tensors); every level's qo_indptr ends at the same nnz.
     ``causal`` applies to the last level only (queries follow the whole shared prefix).
@@ -33,11 +34,16 @@ class MultiLevelCascadeAttentionWrapper:
     """
 
     def __init__(self, num_levels: int, float_workspace_buffer: torch.Tensor,
-                 kv_layout: str = "NHD", use_cuda_graph: bool = False, *,
+                 kv_layout: str = "NHD", use_cuda_graph: bool = False,
+                 qo_indptr_buf_arr=None, paged_kv_indptr_buf_arr=None,
+                 paged_kv_indices_buf_arr=None, paged_kv_last_page_len_buf_arr=None, *,
                  backend: str = "auto"):
         self._num_levels = check_int("num_levels", num_levels, 1)
         check_tensor("float_workspace_buffer", float_workspace_buffer)
-        if use_cuda_graph:  # the levels would need FlashInfer's per-level buffers (not taken)
+        check_flag("use_cuda_graph", use_cuda_graph)
+        # The *_buf_arr (one graph buffer per level) are read only with use_cuda_graph=True,
+        # ignored otherwise as in FlashInfer.
+        if use_cuda_graph:
             raise ValueError("use_cuda_graph=True is not supported for the cascade wrapper yet; "
                              "pass use_cuda_graph=False")
         self._levels = [BatchPrefillWithPagedKVCacheWrapper(float_workspace_buffer, kv_layout,
@@ -47,13 +53,19 @@ class MultiLevelCascadeAttentionWrapper:
         self._planned = False
 
     def plan(self, qo_indptr_arr, paged_kv_indptr_arr, paged_kv_indices_arr,
-             paged_kv_last_page_len_arr, num_qo_heads: int, num_kv_heads: int, head_dim: int,
-             page_size: int, causal: bool = False, *, window_left: int = -1,
-             logits_soft_cap: float | None = None, q_data_type=torch.float16, kv_data_type=None,
-             sm_scale: float | None = None) -> None:
+             paged_kv_last_page_len, num_qo_heads: int, num_kv_heads: int, head_dim: int,
+             page_size: int, causal: bool = False, pos_encoding_mode: str = "NONE",
+             use_fp16_qk_reduction: bool = False, sm_scale: float | None = None,
+             window_left: int = -1, logits_soft_cap: float | None = None, rope_scale=None,
+             rope_theta=None, q_data_type="float16", kv_data_type=None) -> None:
+        """``paged_kv_last_page_len``: a list of num_levels tensors (FlashInfer's name, without
+        the _arr of its siblings). pos_encoding_mode/rope_*/use_fp16_qk_reduction as in the
+        prefill wrapper's plan()."""
+        check_rope(pos_encoding_mode, rope_scale, rope_theta)
+        check_flag("use_fp16_qk_reduction", use_fp16_qk_reduction)
         arrs = dict(qo_indptr_arr=qo_indptr_arr, paged_kv_indptr_arr=paged_kv_indptr_arr,
                     paged_kv_indices_arr=paged_kv_indices_arr,
-                    paged_kv_last_page_len_arr=paged_kv_last_page_len_arr)
+                    paged_kv_last_page_len=paged_kv_last_page_len)
         for name, arr in arrs.items():
             if not isinstance(arr, (list, tuple)) or len(arr) != self._num_levels:
                 raise ValueError(f"{name} must be a list of num_levels = {self._num_levels} "
@@ -63,8 +75,9 @@ class MultiLevelCascadeAttentionWrapper:
         for lvl, w in enumerate(self._levels):
             qo = qo_indptr_arr[lvl]
             w.plan(qo, paged_kv_indptr_arr[lvl], paged_kv_indices_arr[lvl],
-                   paged_kv_last_page_len_arr[lvl], num_qo_heads, num_kv_heads, head_dim,
-                   page_size, causal and lvl == self._num_levels - 1, window_left=window_left,
+                   paged_kv_last_page_len[lvl], num_qo_heads, num_kv_heads, head_dim,
+                   page_size, causal=causal and lvl == self._num_levels - 1,
+                   window_left=window_left,
                    logits_soft_cap=logits_soft_cap, q_data_type=q_data_type,
                    kv_data_type=kv_data_type, sm_scale=sm_scale)
             if nnz is not None and w._plan.nnz_qo != nnz:
@@ -74,6 +87,17 @@ class MultiLevelCascadeAttentionWrapper:
         self._planned = True
 
     begin_forward = plan
+
+    def reset_workspace_buffer(self, float_workspace_buffer: torch.Tensor,
+                               int_workspace_buffers) -> None:
+        """Swap the levels' workspace (FlashInfer's): one int workspace per level, checked and
+        unused as in the batch wrappers."""
+        if not isinstance(int_workspace_buffers, (list, tuple)) \
+                or len(int_workspace_buffers) != self._num_levels:
+            raise ValueError(f"int_workspace_buffers must be a list of num_levels = "
+                             f"{self._num_levels} tensors")
+        for w, buf in zip(self._levels, int_workspace_buffers):
+            w.reset_workspace_buffer(float_workspace_buffer, buf)
 
     def run(self, q: torch.Tensor, paged_kv_cache, *, return_lse: bool = False):
         if not self._planned:

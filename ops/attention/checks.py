@@ -171,13 +171,27 @@ def check_run_inputs(plan: AttentionPlan, q, paged_kv_cache, kv_layout, device, 
 
 def check_outputs(plan: AttentionPlan, q, out, lse):
     shape = (q.shape[0], plan.num_qo_heads, plan.head_dim)
+    o_dtype = plan.o_dtype or q.dtype
     if out is None:
-        out = torch.empty(shape, dtype=q.dtype, device=q.device)
+        out = torch.empty(shape, dtype=o_dtype, device=q.device)
     else:
-        check_tensor("out", out, dtypes=(q.dtype,), shape=shape, device=q.device,
+        check_tensor("out", out, dtypes=(o_dtype,), shape=shape, device=q.device,
                      last_dim_contiguous=True)
     if lse is None:
         lse = torch.empty(shape[:2], dtype=torch.float32, device=q.device)
     else:
         check_tensor("lse", lse, dtypes=(torch.float32,), shape=shape[:2], device=q.device)
     return out, lse
+
+
+def check_mask(custom_mask, qo_ptr, kv_lens, device):
+    """custom_mask: bool, flattened per request ([qo_len_i, kv_len_i] row-major, concatenated).
+    Returns (the mask as flat uint8, its per-request offsets int64 [batch + 1]) or Nones."""
+    if custom_mask is None:
+        return None, None
+    sizes = np.diff(qo_ptr) * kv_lens
+    check_tensor("custom_mask", custom_mask, dtypes=(torch.bool,), device=device)
+    if custom_mask.numel() != int(sizes.sum()):
+        raise ValueError(f"custom_mask must hold sum(qo_len * kv_len) = {int(sizes.sum())} "
+                         f"booleans, got {custom_mask.numel()}")
+    return custom_mask.reshape(-1).contiguous().view(torch.uint8), np.cumsum([0, *sizes])

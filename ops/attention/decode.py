@@ -8,38 +8,36 @@ workspace) and the varlen merge; it never synchronizes with the device.
 """
 from __future__ import annotations
 
-import math
+import functools
 
 import numpy as np
 import torch
 
 from .._common.checks import check_int, check_tensor
-from .checks import (DECODE_KV_DTYPES, FP8_KV_DTYPES, KV_DTYPES, as_dtype, attn_backend,
-                     check_heads, check_layout, check_outputs, check_page_table, check_run_inputs,
-                     check_scalars, check_single_kv, unpack_paged_cache)
+from .checks import (DECODE_KV_DTYPES, FP8_KV_DTYPES, KV_DTYPES, attn_backend, check_heads,
+                     check_layout, check_outputs, check_page_table, check_run_inputs,
+                     check_scalars, check_single_kv)
+from .compat import (as_backend, check_flag, check_one, check_rope, check_scale,
+                     check_split_hints, out_dtype, plan_dtypes, refuse, variant_args_of)
 from .decode_cuda import SUPPORTED_HEAD_DIMS as CUDA_HEAD_DIMS
 from .decode_cuda import check_cuda_decode
 from .index_tensors import int32
 from .kv_views import kv_views
 from .plan import AttentionPlan
 from .run_op import launch
+from .forward import DecodeForward
 from .graph import DecodeGraphBuffers, check_graph_buffer
 from .items import default_workers, split_kv_plan
 from .variants import AttentionVariant
-from .wrapper import PlannedWrapper
+from .wrapper import PlannedWrapper, refuse_run_extras
 
 __all__ = ["single_decode_with_kv_cache", "BatchDecodeWithPagedKVCacheWrapper"]
 
-def check_kv_scales(k_scale, v_scale) -> tuple[float, float]:
-    """run()'s dequantization scales (None: 1.0), finite floats: FlashInfer's k_scale/v_scale."""
-    out = []
-    for name, x in (("k_scale", k_scale), ("v_scale", v_scale)):
-        if x is None:
-            x = 1.0
-        if isinstance(x, bool) or not isinstance(x, (int, float)) or not math.isfinite(x):
-            raise ValueError(f"{name} must be None or a finite float, got {x!r}")
-        out.append(float(x))
-    return out[0], out[1]
+def check_kv_scales(q_scale, k_scale, v_scale) -> tuple[float, float]:
+    """(logits scale, output scale) from FlashInfer's q_scale/k_scale/v_scale (None: 1.0):
+    q_scale and k_scale both multiply the logits, so they are folded into one."""
+    return (check_scale("q_scale", q_scale) * check_scale("k_scale", k_scale),
+            check_scale("v_scale", v_scale))
 
 
 def check_fp8_device(kv_dtype, device: torch.device) -> None:
@@ -67,12 +65,14 @@ def check_cuda_plan(head_dim: int, variant, kv_dtype=None) -> None:
 
 
 def single_decode_with_kv_cache(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                                kv_layout: str = "NHD", window_left: int = -1,
-                                logits_soft_cap: float | None = None,
-                                sm_scale: float | None = None, return_lse: bool = False, *,
+                                kv_layout: str = "NHD", pos_encoding_mode: str = "NONE",
+                                use_tensor_cores: bool = False, q_scale: float | None = None,
+                                k_scale: float | None = None, v_scale: float | None = None,
+                                window_left: int = -1, logits_soft_cap: float | None = None,
+                                sm_scale: float | None = None, rope_scale: float | None = None,
+                                rope_theta: float | None = None, return_lse: bool = False, *,
                                 backend: str = "auto", variant: AttentionVariant | None = None,
-                                variant_args=(), k_scale: float | None = None,
-                                v_scale: float | None = None):
+                                variant_args=()):
     """Attention of one query token over one request's KV.
 
     Parameters
@@ -80,15 +80,19 @@ def single_decode_with_kv_cache(q: torch.Tensor, k: torch.Tensor, v: torch.Tenso
     q : [num_qo_heads, head_dim], fp16/bf16
     k, v : [kv_len, num_kv_heads, head_dim] (NHD) or [num_kv_heads, kv_len, head_dim] (HND),
         q's dtype or torch.float8_e4m3fn; num_kv_heads divides num_qo_heads
+    pos_encoding_mode : "NONE" only (apply RoPE before attention); rope_scale/rope_theta then
+        have no effect (as in FlashInfer) and are checked only
+    use_tensor_cores : accepted, no effect (flashkit picks its kernel itself)
+    q_scale, k_scale, v_scale : the logits are multiplied by q_scale * k_scale, the output by
+        v_scale (fp8: the real k is k * k_scale), as FlashInfer's
     window_left : keys at positions >= kv_len - 1 - window_left only (-1: all)
     logits_soft_cap : cap * tanh(logits / cap) when > 0
     sm_scale : default 1/sqrt(head_dim)
     return_lse : also return the base-2 LSE [num_qo_heads] float32
     backend : "auto" (Triton on CUDA, torch on CPU) | "triton" | "torch" | "cuda" (the NVRTC
-        decode kernel; not yet verified on a GPU, so "auto" does not pick it)
+        decode kernel, explicit only until it passes on a GPU: docs/status.md); FlashInfer's
+        backend names ("fa2", "fa3", "trtllm-gen", ...) mean "auto"
     variant, variant_args : a custom logits transform/mask (flashkit.ops.attention.variants)
-    k_scale, v_scale : dequantization scales of k and v (fp8: the real k is k * k_scale);
-        k_scale multiplies the logits, v_scale the output, as FlashInfer's
 
     Returns
     -------
@@ -100,12 +104,14 @@ def single_decode_with_kv_cache(q: torch.Tensor, k: torch.Tensor, v: torch.Tenso
     >>> o = flashkit.single_decode_with_kv_cache(q, k, v)   # q [32, 128], k/v [4096, 8, 128]
     """
     check_layout(kv_layout)
+    check_rope(pos_encoding_mode, rope_scale, rope_theta)
+    check_flag("use_tensor_cores", use_tensor_cores)
     check_tensor("q", q, dtypes=KV_DTYPES, ndim=2, last_dim_contiguous=True)
     heads, dim = q.shape
     kv_len, num_kv_heads = check_single_kv(q, k, v, kv_layout, FP8_KV_DTYPES)
     window_left, soft_cap, sm_scale = check_scalars(window_left, logits_soft_cap, sm_scale, dim)
-    k_scale, v_scale = check_kv_scales(k_scale, v_scale)
-    backend = attn_backend(backend, q.device, decode=True)
+    k_scale, v_scale = check_kv_scales(q_scale, k_scale, v_scale)
+    backend = attn_backend(as_backend(backend), q.device, decode=True)
     k4, v4 = kv_views(k, v, kv_layout)
     if backend == "cuda":
         check_cuda_plan(dim, variant, k.dtype)
@@ -129,7 +135,7 @@ def single_decode_with_kv_cache(q: torch.Tensor, k: torch.Tensor, v: torch.Tenso
     return (out[0], lse[0]) if return_lse else out[0]
 
 
-class BatchDecodeWithPagedKVCacheWrapper(PlannedWrapper):
+class BatchDecodeWithPagedKVCacheWrapper(DecodeForward, PlannedWrapper):
     """Batched decode over a paged KV cache (FlashInfer's wrapper of the same name).
 
     Parameters
@@ -147,8 +153,8 @@ class BatchDecodeWithPagedKVCacheWrapper(PlannedWrapper):
         only max_batch, as FlashInfer requires); run() then takes q with between batch and
         max_batch rows, rows past the planned batch giving o = 0 and lse = -inf, so capture
         run() with q/out of max_batch rows to replay any smaller batch.
-    backend : "auto" | "triton" | "torch" | "cuda" (the NVRTC decode kernel, explicit only:
-        "auto" keeps Triton until it has been verified on a GPU; no use_cuda_graph). The torch
+    backend : "auto" | "triton" | "torch" | "cuda" (the NVRTC decode kernel, explicit only
+        until it passes on a GPU, docs/status.md; no use_cuda_graph). The torch
         backend reads the page table on the host, so it runs a graph-mode plan but cannot be
         captured.
 
@@ -161,12 +167,14 @@ class BatchDecodeWithPagedKVCacheWrapper(PlannedWrapper):
     """
 
     def __init__(self, float_workspace_buffer: torch.Tensor, kv_layout: str = "NHD",
-                 use_cuda_graph: bool = False, *,
+                 use_cuda_graph: bool = False, use_tensor_cores: bool = False,
                  paged_kv_indptr_buffer: torch.Tensor | None = None,
                  paged_kv_indices_buffer: torch.Tensor | None = None,
                  paged_kv_last_page_len_buffer: torch.Tensor | None = None,
-                 backend: str = "auto"):
-        self._init_wrapper(float_workspace_buffer, kv_layout, backend, decode=True)
+                 backend: str = "auto", jit_args=None, jit_kwargs=None):
+        check_flag("use_tensor_cores", use_tensor_cores)
+        self._init_wrapper(float_workspace_buffer, kv_layout, backend, decode=True,
+                           jit_args=jit_args, jit_kwargs=jit_kwargs)
         bufs = (("paged_kv_indptr_buffer", paged_kv_indptr_buffer),
                 ("paged_kv_indices_buffer", paged_kv_indices_buffer),
                 ("paged_kv_last_page_len_buffer", paged_kv_last_page_len_buffer))
@@ -186,12 +194,16 @@ class BatchDecodeWithPagedKVCacheWrapper(PlannedWrapper):
                                          paged_kv_last_page_len_buffer)
 
     def plan(self, indptr: torch.Tensor, indices: torch.Tensor, last_page_len: torch.Tensor,
-             num_qo_heads: int, num_kv_heads: int, head_dim: int, page_size: int, *,
+             num_qo_heads: int, num_kv_heads: int, head_dim: int, page_size: int,
              pos_encoding_mode: str = "NONE", window_left: int = -1,
-             logits_soft_cap: float | None = None, q_data_type=torch.float16,
-             kv_data_type=None, sm_scale: float | None = None, non_blocking: bool = True,
-             num_workers: int | None = None, min_chunk_tokens: int = 128,
-             variant: AttentionVariant | None = None) -> None:
+             logits_soft_cap: float | None = None, q_data_type="float16", kv_data_type=None,
+             o_data_type=None, data_type=None, sm_scale: float | None = None,
+             rope_scale: float | None = None, rope_theta: float | None = None,
+             non_blocking: bool = True, block_tables=None, seq_lens=None,
+             fixed_split_size: int | None = None, disable_split_kv: bool = False,
+             q_len_per_req: int = 1, *, window_right: int = 0, is_causal: bool | None = None,
+             use_token_head_sf: bool = False, num_workers: int | None = None,
+             min_chunk_tokens: int = 128, variant: AttentionVariant | None = None) -> None:
         """Plan a decode step on the host.
 
         indptr int32 [batch + 1], indices int32 [indptr[-1]], last_page_len int32 [batch] in
@@ -200,6 +212,8 @@ class BatchDecodeWithPagedKVCacheWrapper(PlannedWrapper):
         ``num_workers``/``min_chunk_tokens`` (flashkit's) override the split-KV planner's
         defaults (two programs per SM, 128-token chunks at least). ``kv_data_type`` may be
         torch.float8_e4m3fn (q's dtype by default): run() then takes k_scale/v_scale.
+        ``o_data_type``: the output's dtype (q's by default; fp16, bf16 or float32).
+        FlashInfer's other arguments: docs/attention.md, "FlashInfer compatibility".
 
         With use_cuda_graph=True the plan is copied into the wrapper's fixed buffers; a batch
         larger than max_batch or more pages than paged_kv_indices_buffer holds raises
@@ -209,12 +223,16 @@ class BatchDecodeWithPagedKVCacheWrapper(PlannedWrapper):
         check_heads(num_qo_heads, num_kv_heads)
         head_dim = check_int("head_dim", head_dim, 1, 512)
         page_size = check_int("page_size", page_size, 1)
-        if pos_encoding_mode != "NONE":
-            raise ValueError(f"pos_encoding_mode must be 'NONE' (apply RoPE before attention), got "
-                             f"{pos_encoding_mode!r}")
-        q_dtype = as_dtype("q_data_type", q_data_type)
-        kv_dtype = as_dtype("kv_data_type", kv_data_type, default=q_dtype,
-                            allowed=DECODE_KV_DTYPES)
+        check_rope(pos_encoding_mode, rope_scale, rope_theta)
+        check_split_hints(fixed_split_size, disable_split_kv)
+        check_one("q_len_per_req", q_len_per_req, 1)
+        check_one("window_right", window_right, 0)
+        if is_causal is not None:  # one query per request: causal or not, the same keys
+            check_flag("is_causal", is_causal)
+        refuse("the page table is indptr/indices/last_page_len; no NVFP4 scale factors",
+               block_tables=block_tables, seq_lens=seq_lens, use_token_head_sf=use_token_head_sf)
+        q_dtype, kv_dtype = plan_dtypes(q_data_type, kv_data_type, data_type, DECODE_KV_DTYPES)
+        o_dtype = out_dtype("o_data_type", o_data_type, q_dtype)
         window_left, soft_cap, sm_scale = check_scalars(window_left, logits_soft_cap, sm_scale,
                                                         head_dim)
         if num_workers is not None:
@@ -232,7 +250,7 @@ class BatchDecodeWithPagedKVCacheWrapper(PlannedWrapper):
             decode=True, paged=True, batch=batch, nnz_qo=batch, num_qo_heads=num_qo_heads,
             num_kv_heads=num_kv_heads, head_dim=head_dim, page_size=page_size, causal=False,
             window_left=window_left, soft_cap=soft_cap, sm_scale=sm_scale, q_dtype=q_dtype,
-            kv_dtype=kv_dtype, max_page=max_page, variant=variant)
+            kv_dtype=kv_dtype, max_page=max_page, variant=variant, o_dtype=o_dtype)
         if self._graph is not None:
             plan = self._plan_graph(kv_lens, indptr, indices, last_page_len, num_kv_heads,
                                     page_size, num_workers, min_chunk_tokens, non_blocking, common)
@@ -267,25 +285,37 @@ class BatchDecodeWithPagedKVCacheWrapper(PlannedWrapper):
             kv_indptr=g.indptr[:batch + 1], kv_indices=g.indices, kv_lens=g.kv_lens[:batch],
             merge_indptr=g.merge_indptr, num_items=g.num_items)
 
-    def run(self, q: torch.Tensor, paged_kv_cache, *, out: torch.Tensor | None = None,
-            lse: torch.Tensor | None = None, return_lse: bool = False, variant_args=(),
-            k_scale: float | None = None, v_scale: float | None = None):
+    def run(self, q: torch.Tensor, paged_kv_cache, *args, q_scale: float | None = None,
+            k_scale: float | None = None, v_scale: float | None = None,
+            out: torch.Tensor | None = None, lse: torch.Tensor | None = None,
+            return_lse: bool = False, enable_pdl: bool | None = None,
+            window_left: int | None = None, sinks=None, q_len_per_req: int | None = None,
+            skip_softmax_threshold_scale_factor=None, kv_cache_sf=None, variant_args=()):
         """q [batch, num_qo_heads, head_dim] -> o [batch, num_qo_heads, head_dim] (and the
         base-2 LSE [batch, num_qo_heads] float32 when return_lse). ``paged_kv_cache``: one
         tensor [max_pages, 2, page_size, H, D] (NHD) / [max_pages, 2, H, page_size, D] (HND) or
         a (k_cache, v_cache) tuple of the 4-D halves, of the planned kv_data_type.
         ``k_scale``/``v_scale`` (FlashInfer's): the cache holds k / k_scale and v / v_scale
         (fp8 e4m3, or any dtype); k_scale multiplies the logits (before the soft cap), v_scale
-        the output. With use_cuda_graph=True, q may have up to max_batch rows (see the class)."""
+        the output; q_scale multiplies the logits too. ``window_left`` overrides the planned
+        window for this run; ``args`` (FlashInfer's JIT-variant arguments) are variant_args;
+        ``enable_pdl`` is accepted with no effect. With use_cuda_graph=True, q may have up to
+        max_batch rows (see the class)."""
         plan = self._plan
         if plan is None:
             raise RuntimeError("BatchDecodeWithPagedKVCacheWrapper.run() called before plan()")
+        check_flag("enable_pdl", enable_pdl, allow_none=True)
+        check_one("q_len_per_req", q_len_per_req, 1)
+        refuse_run_extras(sinks=sinks, kv_cache_sf=kv_cache_sf,
+                          skip_softmax_threshold_scale_factor=skip_softmax_threshold_scale_factor)
+        variant_args = variant_args_of(args, variant_args)
+        plan = self._run_plan(window_left)
         rows = plan.batch
         if self._graph is not None and plan.batch <= q.shape[0] <= self._graph.max_batch:
             rows = q.shape[0]
         k, v = check_run_inputs(plan, q, paged_kv_cache, self._kv_layout, self.device,
                                 (rows, plan.num_qo_heads, plan.head_dim), DECODE_KV_DTYPES)
-        k_scale, v_scale = check_kv_scales(k_scale, v_scale)
+        k_scale, v_scale = check_kv_scales(q_scale, k_scale, v_scale)
         out, lse = check_outputs(plan, q, out, lse)
         if self._backend == "cuda":
             check_cuda_decode(q, k, v)
@@ -293,4 +323,4 @@ class BatchDecodeWithPagedKVCacheWrapper(PlannedWrapper):
                k_scale=k_scale, v_scale=v_scale)
         return (out, lse) if return_lse else out
 
-    forward = run
+    run_return_lse = functools.partialmethod(run, return_lse=True)

@@ -5,8 +5,8 @@ The kernel writes the float32 partial states (o, base-2 lse) of every split-KV w
 the workspace rows the Triton path uses; ``merge_varlen_triton`` then combines them per request
 over ``merge_indptr``. One CTA per (work item, KV head, block of its q heads).
 
-Not yet verified on a GPU: backend="auto" keeps choosing Triton for attention; this path runs
-only with an explicit backend="cuda".
+backend="auto" keeps choosing Triton for attention until this kernel has passed its GPU tests
+(docs/status.md); it runs only with an explicit backend="cuda".
 """
 from __future__ import annotations
 

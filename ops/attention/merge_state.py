@@ -115,7 +115,8 @@ def merge_state(v_a: torch.Tensor, s_a: torch.Tensor, v_b: torch.Tensor, s_b: to
     ----------
     v_a, v_b : [seq, num_heads, head_dim], fp16/bf16/fp32 (same dtype), last dim contiguous
     s_a, s_b : [seq, num_heads], float32 base-2 log-sum-exp (-inf: an empty state)
-    backend : "auto" | "cuda" | "triton" | "torch"
+    backend : "auto" | "cuda" | "triton" | "torch" (auto: the CUDA kernel on a GPU where NVRTC
+        works, else Triton; the torch reference on CPU)
 
     Returns
     -------
@@ -137,7 +138,7 @@ def merge_state_in_place(v: torch.Tensor, s: torch.Tensor, v_other: torch.Tensor
     """Merge (v_other, s_other) into (v, s) in place; rows whose ``mask`` is False keep theirs.
 
     v, v_other : [seq, num_heads, head_dim];  s, s_other : [seq, num_heads] float32;
-    mask : optional bool [seq].
+    mask : optional bool [seq]. backend as in merge_state.
     """
     _check_state("", v, s)
     _check_state("other", v_other, s_other, like=v)
@@ -156,7 +157,8 @@ def merge_states(v: torch.Tensor, s: torch.Tensor, *,
     ----------
     v : [seq, num_states, num_heads, head_dim], fp16/bf16/fp32, last dim contiguous
     s : [seq, num_states, num_heads], float32 base-2 log-sum-exp
-    backend : "auto" | "cuda" | "triton" | "torch"
+    backend : "auto" | "cuda" | "triton" | "torch" (auto: the CUDA kernel on a GPU where NVRTC
+        works, else Triton; the torch reference on CPU)
 
     Returns
     -------

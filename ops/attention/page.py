@@ -14,8 +14,10 @@ from .checks import INDEX_DTYPES, KV_DTYPES, check_layout, unpack_paged_cache
 __all__ = ["append_paged_kv_cache", "get_batch_indices_positions"]
 
 
-def get_batch_indices_positions(append_indptr: torch.Tensor, seq_lens: torch.Tensor,
-                                nnz: int) -> tuple[torch.Tensor, torch.Tensor]:
+def get_batch_indices_positions(append_indptr: torch.Tensor, seq_lens: torch.Tensor, nnz: int,
+                                batch_indices: torch.Tensor | None = None,
+                                positions: torch.Tensor | None = None
+                                ) -> tuple[torch.Tensor, torch.Tensor]:
     """Each appended token's request and position.
 
     Parameters
@@ -24,6 +26,7 @@ def get_batch_indices_positions(append_indptr: torch.Tensor, seq_lens: torch.Ten
         ``append_indptr[i]:append_indptr[i + 1]``
     seq_lens : int32 [batch], each request's KV length after the append
     nnz : int, ``append_indptr[-1]`` (given so that no host sync is needed)
+    batch_indices, positions : optional int32 [nnz] outputs, written in place (FlashInfer's)
 
     Returns
     -------
@@ -35,12 +38,19 @@ def get_batch_indices_positions(append_indptr: torch.Tensor, seq_lens: torch.Ten
                  device=append_indptr.device)
     if isinstance(nnz, bool) or not isinstance(nnz, int) or nnz < 0:
         raise ValueError(f"nnz must be an int >= 0, got {nnz!r}")
+    for name, buf in (("batch_indices", batch_indices), ("positions", positions)):
+        if buf is not None:
+            check_tensor(name, buf, dtypes=(torch.int32,), shape=(nnz,),
+                         device=append_indptr.device)
     counts = (append_indptr[1:] - append_indptr[:-1]).long()
     batch = torch.repeat_interleave(torch.arange(counts.shape[0], device=counts.device), counts,
                                     output_size=nnz)
     j = torch.arange(nnz, device=counts.device) - append_indptr.long()[batch]
-    positions = seq_lens.long()[batch] - counts[batch] + j
-    return batch.to(torch.int32), positions.to(torch.int32)
+    pos = seq_lens.long()[batch] - counts[batch] + j
+    outs = []
+    for value, buf in ((batch, batch_indices), (pos, positions)):
+        outs.append(value.to(torch.int32) if buf is None else buf.copy_(value))
+    return outs[0], outs[1]
 
 
 def _append_impl(append_key: torch.Tensor, append_value: torch.Tensor,

@@ -46,6 +46,7 @@ class AttentionPlan:
     mask_indptr: torch.Tensor | None = None
     variant: AttentionVariant | None = None
     num_items: torch.Tensor | None = None
+    o_dtype: torch.dtype | None = None  # the output's dtype (None: q's)
 
     @property
     def n_programs(self) -> int:

@@ -8,46 +8,44 @@ use_cuda_graph=True plans into fixed buffers (PrefillGraphBuffers) for a fixed l
 """
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import torch
 
 from .._common.checks import check_int, check_tensor
-from .checks import (KV_DTYPES, as_dtype, attn_backend, check_heads, check_indptr, check_layout,
-                     check_outputs, check_page_table, check_run_inputs, check_scalars,
-                     check_single_kv)
+from .checks import (KV_DTYPES, attn_backend, check_heads, check_indptr, check_layout,
+                     check_mask, check_outputs, check_page_table, check_run_inputs,
+                     check_scalars, check_single_kv)
+from .compat import (as_backend, check_flag, check_host_indptr, check_lse_form,
+                     check_prefill_extras, check_rope, check_scale, check_uniform_q_len,
+                     out_dtype, plan_dtypes, refuse, variant_args_of)
 from .index_tensors import int32, items_tensor
 from .kv_views import kv_views
 from .plan import AttentionPlan
 from .run_op import launch
+from .forward import PagedPrefillForward, RaggedPrefillForward
 from .graph import PrefillGraphBuffers, check_graph_buffer
 from .items import prefill_item_cols, prefill_items, prefill_tile
 from .variants import AttentionVariant
-from .wrapper import PlannedWrapper
+from .wrapper import PlannedWrapper, finish_lse, refuse_run_extras
 
 __all__ = ["single_prefill_with_kv_cache", "BatchPrefillWithPagedKVCacheWrapper",
            "BatchPrefillWithRaggedKVCacheWrapper"]
 
 
-def check_mask(custom_mask, qo_ptr, kv_lens, device):
-    """custom_mask: bool, flattened per request ([qo_len_i, kv_len_i] row-major, concatenated).
-    Returns (the mask as flat uint8, its per-request offsets int64 [batch + 1]) or Nones."""
-    if custom_mask is None:
-        return None, None
-    sizes = np.diff(qo_ptr) * kv_lens
-    check_tensor("custom_mask", custom_mask, dtypes=(torch.bool,), device=device)
-    if custom_mask.numel() != int(sizes.sum()):
-        raise ValueError(f"custom_mask must hold sum(qo_len * kv_len) = {int(sizes.sum())} "
-                         f"booleans, got {custom_mask.numel()}")
-    return custom_mask.reshape(-1).contiguous().view(torch.uint8), np.cumsum([0, *sizes])
-
-
 def single_prefill_with_kv_cache(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                                 causal: bool = False, kv_layout: str = "NHD",
-                                 custom_mask: torch.Tensor | None = None, window_left: int = -1,
-                                 logits_soft_cap: float | None = None,
-                                 sm_scale: float | None = None, return_lse: bool = False, *,
-                                 backend: str = "auto", variant: AttentionVariant | None = None,
-                                 variant_args=()):
+                                 scale_q=None, scale_k=None, scale_v=None, o_dtype=None,
+                                 custom_mask: torch.Tensor | None = None,
+                                 packed_custom_mask=None, causal: bool = False,
+                                 kv_layout: str = "NHD", pos_encoding_mode: str = "NONE",
+                                 use_fp16_qk_reduction: bool = False,
+                                 sm_scale: float | None = None, window_left: int = -1,
+                                 logits_soft_cap: float | None = None, rope_scale=None,
+                                 rope_theta=None, backend: str = "auto",
+                                 return_lse: bool = False, kv_cache_sf=None,
+                                 k_scale: float | None = None, v_scale: float | None = None, *,
+                                 variant: AttentionVariant | None = None, variant_args=()):
     """Attention of one request's query tokens over its KV.
 
     Parameters
@@ -56,22 +54,33 @@ def single_prefill_with_kv_cache(q: torch.Tensor, k: torch.Tensor, v: torch.Tens
     k, v : [kv_len, num_kv_heads, head_dim] (NHD) or [num_kv_heads, kv_len, head_dim] (HND)
     causal : query i (at KV position kv_len - qo_len + i) sees keys up to its own position
     custom_mask : bool [qo_len, kv_len] (True: attend); replaces ``causal`` (as in FlashInfer)
-    window_left, logits_soft_cap, sm_scale, return_lse, backend, variant : as in
-        single_decode_with_kv_cache
+    o_dtype : the output's dtype (q's by default; fp16, bf16 or float32)
+    k_scale, v_scale : the logits are multiplied by k_scale, the output by v_scale
+    window_left, logits_soft_cap, sm_scale, return_lse, backend, variant, pos_encoding_mode,
+        rope_scale, rope_theta : as in single_decode_with_kv_cache
+    use_fp16_qk_reduction : accepted, no effect (flashkit accumulates q.k in float32)
+    scale_q, scale_k, scale_v, packed_custom_mask, kv_cache_sf : refused unless None
 
     Returns
     -------
     o : [qo_len, num_qo_heads, head_dim] (and lse [qo_len, num_qo_heads] float32, base 2)
     """
     check_layout(kv_layout)
+    check_rope(pos_encoding_mode, rope_scale, rope_theta)
+    check_flag("use_fp16_qk_reduction", use_fp16_qk_reduction)
+    refuse("no per-head fp8 scale tensors or NVFP4 scale factors; k_scale/v_scale are floats",
+           scale_q=scale_q, scale_k=scale_k, scale_v=scale_v, kv_cache_sf=kv_cache_sf)
+    refuse("pass the mask unpacked as a bool custom_mask", packed_custom_mask=packed_custom_mask)
+    k_scale, v_scale = check_scale("k_scale", k_scale), check_scale("v_scale", v_scale)
     check_tensor("q", q, dtypes=KV_DTYPES, ndim=3, last_dim_contiguous=True)
     qo_len, heads, dim = q.shape
+    o_dtype = out_dtype("o_dtype", o_dtype, q.dtype)
     kv_len, num_kv_heads = check_single_kv(q, k, v, kv_layout)
     if custom_mask is not None:
         check_tensor("custom_mask", custom_mask, dtypes=(torch.bool,), shape=(qo_len, kv_len),
                      device=q.device)
     window_left, soft_cap, sm_scale = check_scalars(window_left, logits_soft_cap, sm_scale, dim)
-    backend = attn_backend(backend, q.device)
+    backend = attn_backend(as_backend(backend), q.device)
     qo_ptr = np.array([0, qo_len], np.int64)
     lens = np.array([kv_len], np.int64)
     items, n = prefill_items(qo_ptr, lens, heads // num_kv_heads, dim, q.device)
@@ -85,21 +94,26 @@ def single_prefill_with_kv_cache(q: torch.Tensor, k: torch.Tensor, v: torch.Tens
         kv_indices=int32([0], q.device), kv_lens=int32(lens, q.device),
         merge_indptr=int32([0, 0], q.device), mask=mask,
         mask_indptr=None if mask is None else int32(mask_ptr, q.device), variant=variant)
-    out = torch.empty((qo_len, heads, dim), dtype=q.dtype, device=q.device)
+    out = torch.empty((qo_len, heads, dim), dtype=o_dtype, device=q.device)
     lse = torch.empty((qo_len, heads), dtype=torch.float32, device=q.device)
     k4, v4 = kv_views(k, v, kv_layout)
     launch(plan, q, k4, v4, out, lse, torch.empty(0, dtype=torch.uint8, device=q.device), backend,
-           variant_args)
+           variant_args, k_scale=k_scale)
+    if v_scale != 1.0:  # linear in v: the prefill kernel writes o directly, so scale it after
+        out.mul_(v_scale)
     return (out, lse) if return_lse else out
 
 
 class _PrefillWrapper(PlannedWrapper):
     def _setup(self, float_workspace_buffer, kv_layout, use_cuda_graph, backend, bufs: dict,
-               masks: dict, batch_buf: str):
+               masks: dict, batch_buf: str, jit_args=None, jit_kwargs=None,
+               variant_owns_mask=False):
         """``bufs``: the graph buffers by FlashInfer's names (qo_indptr first, then the KV
         indptr, then indices and last_page_len for a paged cache); max_batch is the length of
         ``batch_buf`` (minus 1 for an indptr)."""
-        self._init_wrapper(float_workspace_buffer, kv_layout, backend)
+        self._init_wrapper(float_workspace_buffer, kv_layout, backend, jit_args=jit_args,
+                           jit_kwargs=jit_kwargs)
+        refuse("a variant's mask is its mask snippet", variant_owns_mask=variant_owns_mask)
         if not use_cuda_graph:
             return
         for name, buf in bufs.items():
@@ -118,19 +132,22 @@ class _PrefillWrapper(PlannedWrapper):
         self._graph = PrefillGraphBuffers(bufs, batch_buf, cm, mi)
 
     def _common(self, qo_indptr, num_qo_heads, num_kv_heads, head_dim, causal, window_left,
-                logits_soft_cap, sm_scale, q_data_type, kv_data_type, variant):
+                logits_soft_cap, sm_scale, q_data_type, kv_data_type, variant, o_data_type=None,
+                uniform_q_len=None):
         check_heads(num_qo_heads, num_kv_heads)
         head_dim = check_int("head_dim", head_dim, 1, 512)
         qo_ptr = check_indptr("qo_indptr", qo_indptr)
         window_left, soft_cap, sm_scale = check_scalars(window_left, logits_soft_cap, sm_scale,
                                                         head_dim)
-        q_dtype = as_dtype("q_data_type", q_data_type)
-        kv_dtype = as_dtype("kv_data_type", kv_data_type, default=q_dtype)
+        check_uniform_q_len(uniform_q_len, qo_ptr)
+        q_dtype, kv_dtype = plan_dtypes(q_data_type, kv_data_type, None, KV_DTYPES)
+        o_dtype = out_dtype("o_data_type", o_data_type, q_dtype)
         if variant is not None and not isinstance(variant, AttentionVariant):
             raise ValueError(f"variant must be an AttentionVariant, got {type(variant).__name__}")
         return dict(num_qo_heads=num_qo_heads, num_kv_heads=num_kv_heads, head_dim=head_dim,
                     causal=bool(causal), window_left=window_left, soft_cap=soft_cap,
-                    sm_scale=sm_scale, q_dtype=q_dtype, kv_dtype=kv_dtype, variant=variant), qo_ptr
+                    sm_scale=sm_scale, q_dtype=q_dtype, kv_dtype=kv_dtype, variant=variant,
+                    o_dtype=o_dtype), qo_ptr
 
     def _finish(self, qo_ptr, kv_lens, custom_mask, kv_table, non_blocking, **kw):
         """The plan's items and index tensors: new device tensors, or in graph mode the fixed
@@ -172,18 +189,25 @@ class _PrefillWrapper(PlannedWrapper):
                              f"{q.shape[0]}")
         return q.shape[0]
 
-    def _run(self, q, k, v, out, lse, return_lse, variant_args):
-        plan = self._plan
+    def _run(self, q, k, v, out, lse, return_lse, variant_args, plan=None, q_scale=None,
+             k_scale=None, v_scale=None, lse_base="log2"):
+        plan = plan or self._plan
+        k_scale = check_scale("q_scale", q_scale) * check_scale("k_scale", k_scale)
+        v_scale = check_scale("v_scale", v_scale)
         out, lse = check_outputs(plan, q, out, lse)
         if self._graph is not None:
             # The padding items cover rows [nnz, max_tokens): stop them at q's last row. A
             # device op on fixed buffers, so it is captured and replayed with the launch.
             torch.clamp(self._graph.q_end, max=q.shape[0], out=self._graph.items[2])
-        launch(plan, q, k, v, out, lse, self._workspace, self._backend, variant_args)
+        launch(plan, q, k, v, out, lse, self._workspace, self._backend, variant_args,
+               k_scale=k_scale)
+        if v_scale != 1.0:  # linear in v: the prefill kernel writes o directly, so scale it after
+            out.mul_(v_scale)
+        lse = finish_lse(lse, lse_base)
         return (out, lse) if return_lse else out
 
 
-class BatchPrefillWithPagedKVCacheWrapper(_PrefillWrapper):
+class BatchPrefillWithPagedKVCacheWrapper(PagedPrefillForward, _PrefillWrapper):
     """Batched prefill over a paged KV cache (FlashInfer's wrapper of the same name).
 
     plan(qo_indptr, paged_kv_indptr, paged_kv_indices, paged_kv_last_page_len, num_qo_heads,
@@ -211,25 +235,47 @@ class BatchPrefillWithPagedKVCacheWrapper(_PrefillWrapper):
                  paged_kv_indices_buf: torch.Tensor | None = None,
                  paged_kv_last_page_len_buf: torch.Tensor | None = None,
                  custom_mask_buf: torch.Tensor | None = None,
-                 mask_indptr_buf: torch.Tensor | None = None, *, backend: str = "auto"):
+                 mask_indptr_buf: torch.Tensor | None = None, backend: str = "auto",
+                 jit_args=None, jit_kwargs=None, variant_owns_mask: bool = False,
+                 max_total_num_rows: int | None = None):
+        refuse("the use_cuda_graph capacity is the first plan's qo_indptr[-1]",
+               max_total_num_rows=max_total_num_rows)
         self._setup(float_workspace_buffer, kv_layout, use_cuda_graph, backend,
                     dict(qo_indptr_buf=qo_indptr_buf, paged_kv_indptr_buf=paged_kv_indptr_buf,
                          paged_kv_indices_buf=paged_kv_indices_buf,
                          paged_kv_last_page_len_buf=paged_kv_last_page_len_buf),
                     dict(custom_mask_buf=custom_mask_buf, mask_indptr_buf=mask_indptr_buf),
-                    "paged_kv_last_page_len_buf")
+                    "paged_kv_last_page_len_buf", jit_args, jit_kwargs, variant_owns_mask)
 
     def plan(self, qo_indptr: torch.Tensor, paged_kv_indptr: torch.Tensor,
              paged_kv_indices: torch.Tensor, paged_kv_last_page_len: torch.Tensor,
              num_qo_heads: int, num_kv_heads: int, head_dim_qk: int, page_size: int,
-             causal: bool = False, *, custom_mask: torch.Tensor | None = None,
-             window_left: int = -1, logits_soft_cap: float | None = None,
-             q_data_type=torch.float16, kv_data_type=None, sm_scale: float | None = None,
-             non_blocking: bool = True, variant: AttentionVariant | None = None) -> None:
+             head_dim_vo: int | None = None, custom_mask: torch.Tensor | None = None,
+             packed_custom_mask=None, causal: bool = False, pos_encoding_mode: str = "NONE",
+             use_fp16_qk_reduction: bool = False, sm_scale: float | None = None,
+             window_left: int = -1, logits_soft_cap: float | None = None, rope_scale=None,
+             rope_theta=None, q_data_type="float16", kv_data_type=None, o_data_type=None,
+             non_blocking: bool = True, prefix_len_ptr=None, token_pos_in_items_ptr=None,
+             token_pos_in_items_len: int = 0, max_item_len_ptr=None, seq_lens=None,
+             seq_lens_q=None, block_tables=None, max_token_per_sequence=None,
+             max_sequence_kv=None, fixed_split_size: int | None = None,
+             disable_split_kv: bool = False, uniform_q_len: int | None = None,
+             use_token_head_sf: bool = False, *,
+             variant: AttentionVariant | None = None) -> None:
+        """FlashInfer's plan(); its arguments flashkit has no use for are checked or refused
+        (docs/attention.md, "FlashInfer compatibility")."""
+        check_prefill_extras(
+            head_dim_qk, head_dim_vo, packed_custom_mask, pos_encoding_mode,
+            use_fp16_qk_reduction, rope_scale, rope_theta, token_pos_in_items_len,
+            fixed_split_size, disable_split_kv, prefix_len_ptr=prefix_len_ptr,
+            token_pos_in_items_ptr=token_pos_in_items_ptr, max_item_len_ptr=max_item_len_ptr,
+            seq_lens=seq_lens, seq_lens_q=seq_lens_q, block_tables=block_tables,
+            max_token_per_sequence=max_token_per_sequence, max_sequence_kv=max_sequence_kv,
+            use_token_head_sf=use_token_head_sf)
         page_size = check_int("page_size", page_size, 1)
         kw, qo_ptr = self._common(qo_indptr, num_qo_heads, num_kv_heads, head_dim_qk, causal,
                                   window_left, logits_soft_cap, sm_scale, q_data_type,
-                                  kv_data_type, variant)
+                                  kv_data_type, variant, o_data_type, uniform_q_len)
         table = (paged_kv_indptr, paged_kv_indices, paged_kv_last_page_len)
         kv_lens, max_page = check_page_table(
             *table, page_size, ("paged_kv_indptr", "paged_kv_indices", "paged_kv_last_page_len"))
@@ -243,18 +289,33 @@ class BatchPrefillWithPagedKVCacheWrapper(_PrefillWrapper):
 
     begin_forward = plan
 
-    def run(self, q: torch.Tensor, paged_kv_cache, *, out: torch.Tensor | None = None,
-            lse: torch.Tensor | None = None, return_lse: bool = False, variant_args=()):
+    def run(self, q: torch.Tensor, paged_kv_cache, *args, q_scale: float | None = None,
+            k_scale: float | None = None, v_scale: float | None = None,
+            out: torch.Tensor | None = None, lse: torch.Tensor | None = None,
+            return_lse: bool = False, lse_base: str = "log2", lse_layout: str = "NH",
+            enable_pdl: bool | None = None, window_left: int | None = None, sinks=None,
+            kv_cache_sf=None, skip_softmax_threshold_scale_factor=None,
+            use_fp16_softmax: bool | None = None, uses_spcompress=None, variant_args=()):
+        """q [qo_indptr[-1], Hq, D] -> o (and lse [nnz, Hq] float32, base 2 unless
+        lse_base='ln'). q_scale * k_scale multiply the logits, v_scale the output;
+        window_left overrides the planned window for this run; ``args`` are variant_args;
+        enable_pdl is accepted with no effect."""
         rows = self._rows(q)
-        plan = self._plan
+        check_lse_form(lse_base, lse_layout)
+        check_flag("enable_pdl", enable_pdl, allow_none=True)
+        refuse_run_extras(sinks=sinks, kv_cache_sf=kv_cache_sf,
+                          skip_softmax_threshold_scale_factor=skip_softmax_threshold_scale_factor,
+                          use_fp16_softmax=use_fp16_softmax, uses_spcompress=uses_spcompress)
+        plan = self._run_plan(window_left)
         k, v = check_run_inputs(plan, q, paged_kv_cache, self._kv_layout, self.device,
                                 (rows, plan.num_qo_heads, plan.head_dim))
-        return self._run(q, k, v, out, lse, return_lse, variant_args)
+        return self._run(q, k, v, out, lse, return_lse, variant_args_of(args, variant_args),
+                         plan, q_scale, k_scale, v_scale, lse_base)
 
-    forward = run
+    run_return_lse = functools.partialmethod(run, return_lse=True)
 
 
-class BatchPrefillWithRaggedKVCacheWrapper(_PrefillWrapper):
+class BatchPrefillWithRaggedKVCacheWrapper(RaggedPrefillForward, _PrefillWrapper):
     """Batched prefill over ragged (unpaged) K/V (FlashInfer's wrapper of the same name).
 
     plan(qo_indptr, kv_indptr, num_qo_heads, num_kv_heads, head_dim_qk, causal=False, ...) then
@@ -271,22 +332,44 @@ class BatchPrefillWithRaggedKVCacheWrapper(_PrefillWrapper):
                  use_cuda_graph: bool = False, qo_indptr_buf: torch.Tensor | None = None,
                  kv_indptr_buf: torch.Tensor | None = None,
                  custom_mask_buf: torch.Tensor | None = None,
-                 mask_indptr_buf: torch.Tensor | None = None, *, backend: str = "auto"):
+                 mask_indptr_buf: torch.Tensor | None = None, backend: str = "auto",
+                 jit_args=None, jit_kwargs=None, variant_owns_mask: bool = False):
         self._setup(float_workspace_buffer, kv_layout, use_cuda_graph, backend,
                     dict(qo_indptr_buf=qo_indptr_buf, kv_indptr_buf=kv_indptr_buf),
                     dict(custom_mask_buf=custom_mask_buf, mask_indptr_buf=mask_indptr_buf),
-                    "qo_indptr_buf")
+                    "qo_indptr_buf", jit_args, jit_kwargs, variant_owns_mask)
 
     def plan(self, qo_indptr: torch.Tensor, kv_indptr: torch.Tensor, num_qo_heads: int,
-             num_kv_heads: int, head_dim_qk: int, causal: bool = False, *,
-             custom_mask: torch.Tensor | None = None, window_left: int = -1,
-             logits_soft_cap: float | None = None, q_data_type=torch.float16,
-             kv_data_type=None, sm_scale: float | None = None, non_blocking: bool = True,
+             num_kv_heads: int, head_dim_qk: int, head_dim_vo: int | None = None,
+             custom_mask: torch.Tensor | None = None, packed_custom_mask=None,
+             causal: bool = False, pos_encoding_mode: str = "NONE",
+             use_fp16_qk_reduction: bool = False, window_left: int = -1,
+             logits_soft_cap: float | None = None, sm_scale: float | None = None,
+             rope_scale=None, rope_theta=None, q_data_type="float16", kv_data_type=None,
+             o_data_type=None, non_blocking: bool = True, prefix_len_ptr=None,
+             token_pos_in_items_ptr=None, token_pos_in_items_len: int = 0,
+             max_item_len_ptr=None, fixed_split_size: int | None = None,
+             disable_split_kv: bool = False, seq_lens=None, seq_lens_q=None,
+             max_token_per_sequence=None, max_sequence_kv=None, v_indptr=None, o_indptr=None,
+             qo_indptr_cpu=None, kv_indptr_cpu=None, uniform_q_len: int | None = None,
+             use_token_head_sf: bool = False, *,
              variant: AttentionVariant | None = None) -> None:
+        """FlashInfer's plan(); qo_indptr_cpu/kv_indptr_cpu (host copies) must match the
+        indptrs, the arguments flashkit has no use for are checked or refused."""
+        check_prefill_extras(
+            head_dim_qk, head_dim_vo, packed_custom_mask, pos_encoding_mode,
+            use_fp16_qk_reduction, rope_scale, rope_theta, token_pos_in_items_len,
+            fixed_split_size, disable_split_kv, prefix_len_ptr=prefix_len_ptr,
+            token_pos_in_items_ptr=token_pos_in_items_ptr, max_item_len_ptr=max_item_len_ptr,
+            seq_lens=seq_lens, seq_lens_q=seq_lens_q,
+            max_token_per_sequence=max_token_per_sequence, max_sequence_kv=max_sequence_kv,
+            v_indptr=v_indptr, o_indptr=o_indptr, use_token_head_sf=use_token_head_sf)
         kw, qo_ptr = self._common(qo_indptr, num_qo_heads, num_kv_heads, head_dim_qk, causal,
                                   window_left, logits_soft_cap, sm_scale, q_data_type,
-                                  kv_data_type, variant)
+                                  kv_data_type, variant, o_data_type, uniform_q_len)
         kv_ptr = check_indptr("kv_indptr", kv_indptr)
+        check_host_indptr("qo_indptr_cpu", qo_indptr_cpu, qo_indptr)
+        check_host_indptr("kv_indptr_cpu", kv_indptr_cpu, kv_indptr)
         dev = self.device
         kv = {} if self._graph is not None else dict(kv_indptr=int32(kv_ptr, dev),
                                                      kv_indices=int32([0], dev))
@@ -296,10 +379,17 @@ class BatchPrefillWithRaggedKVCacheWrapper(_PrefillWrapper):
 
     begin_forward = plan
 
-    def run(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
-            out: torch.Tensor | None = None, lse: torch.Tensor | None = None,
-            return_lse: bool = False, variant_args=()):
+    def run(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *args,
+            q_scale: float | None = None, k_scale: float | None = None,
+            v_scale: float | None = None, o_scale=None, out: torch.Tensor | None = None,
+            lse: torch.Tensor | None = None, return_lse: bool = False, lse_base: str = "log2",
+            lse_layout: str = "NH", enable_pdl: bool | None = None, kv_cache_sf=None,
+            variant_args=()):
+        """As the paged wrapper's run(), with k/v ragged; o_scale (fp8 output) is refused."""
         rows = self._rows(q)
+        check_lse_form(lse_base, lse_layout)
+        check_flag("enable_pdl", enable_pdl, allow_none=True)
+        refuse_run_extras(o_scale=o_scale, kv_cache_sf=kv_cache_sf)
         plan = self._plan
         dev = self.device
         check_tensor("q", q, dtypes=(plan.q_dtype,), shape=(rows, plan.num_qo_heads,
@@ -313,6 +403,7 @@ class BatchPrefillWithRaggedKVCacheWrapper(_PrefillWrapper):
             check_tensor(name, t, dtypes=(plan.kv_dtype,), shape=shape, device=dev,
                          last_dim_contiguous=True)
         k4, v4 = kv_views(k, v, self._kv_layout)
-        return self._run(q, k4, v4, out, lse, return_lse, variant_args)
+        return self._run(q, k4, v4, out, lse, return_lse, variant_args_of(args, variant_args),
+                         None, q_scale, k_scale, v_scale, lse_base)
 
-    forward = run
+    run_return_lse = functools.partialmethod(run, return_lse=True)

@@ -108,7 +108,8 @@ def fused_moe(hidden_states: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor,
     inplace : write the result into ``hidden_states`` (and return it)
     config : the grouped GEMMs' block config (``tuning.CONFIG_KEYS``); default: the stored
         config for (E, ffn, hidden, device) nearest this token count, else ``default_config``
-    backend : "auto" | "triton" | "torch" (auto: Triton on CUDA, the float32 reference on CPU)
+    backend : "auto" | "triton" | "torch" | "cuda" (auto: Triton on CUDA, the float32 reference
+        on CPU; "cuda" means the family's GPU kernels, which are Triton)
 
     Returns
     -------

@@ -70,7 +70,8 @@ def fused_topk(gating_logits: torch.Tensor, topk: int, renormalize: bool = True,
         (DeepSeek-V3's ``e_score_correction_bias``); the weights stay the unbiased scores
     num_expert_groups, topk_group : DeepSeek-style grouped routing: experts split into
         ``num_expert_groups`` equal groups, only the ``topk_group`` best groups compete
-    backend : "auto" | "triton" | "torch" (auto: Triton on CUDA, the reference on CPU)
+    backend : "auto" | "triton" | "torch" | "cuda" (auto: Triton on CUDA, the reference on CPU;
+        "cuda" means Triton)
 
     Returns
     -------

@@ -19,7 +19,7 @@ SCALE_TYPES = ("channel", "tensor")
 
 # Moments kernel: 64 channels per program (64 programs for 4096 channels, 172 for 11008: fewer
 # than an H100's 132 SMs in the first case); the rank loop reads [32, 64] fp32 tiles (8 KB per
-# moment). Not tuned: no GPU was available when this was written.
+# moment). Not tuned on a GPU yet (docs/status.md).
 _BLOCK_C = 64
 _BLOCK_R = 32
 _BLOCK_K = 32

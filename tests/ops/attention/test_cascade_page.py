@@ -97,7 +97,7 @@ def test_cascade_equals_flat(causal, backend):
     flat = A.BatchPrefillWithPagedKVCacheWrapper(torch.empty(16, dtype=torch.uint8,
                                                              device=device()), backend=backend)
     flat.plan(qo, flat_indptr.to(device()), flat_indices.to(device()),
-              levels["paged_kv_last_page_len_arr"][1], hq, hk, d, ps, causal,
+              levels["paged_kv_last_page_len_arr"][1], hq, hk, d, ps, causal=causal,
               logits_soft_cap=7.0, q_data_type=dtype)
     torch.testing.assert_close(o, flat.run(q, cache), atol=4e-3, rtol=4e-3)
 

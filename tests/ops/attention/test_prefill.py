@@ -38,8 +38,9 @@ def test_single_prefill(case, dtype, layout, backend):
     q = torch.randn(qo, hq, d, generator=g).to(dtype).to(device())
     k, v = (torch.randn(kv, hk, d, generator=g).to(dtype).to(device()) for _ in range(2))
     kl, vl = (k.transpose(0, 1).contiguous(), v.transpose(0, 1).contiguous()) if layout == "HND" else (k, v)
-    o, lse = A.single_prefill_with_kv_cache(q, kl, vl, causal, layout, window_left=win,
-                                            logits_soft_cap=cap, return_lse=True, backend=backend)
+    o, lse = A.single_prefill_with_kv_cache(q, kl, vl, causal=causal, kv_layout=layout,
+                                            window_left=win, logits_soft_cap=cap,
+                                            return_lse=True, backend=backend)
     ref_o, ref_lse = ref_single(q, k, v, causal=causal, window_left=win, logits_soft_cap=cap)
     check_attn(o, lse, ref_o, ref_lse, dtype)
 
@@ -77,7 +78,7 @@ def test_batch_prefill_paged(dtype, layout, causal, backend):
     q, qo_indptr, cache, indptr, indices, last = _paged_batch(dtype, layout, seed=4)
     w = A.BatchPrefillWithPagedKVCacheWrapper(torch.empty(1 << 16, dtype=torch.uint8,
                                                           device=device()), layout, backend=backend)
-    w.plan(qo_indptr, indptr, indices, last, 4, 2, 64, 16, causal, window_left=20,
+    w.plan(qo_indptr, indptr, indices, last, 4, 2, 64, 16, causal=causal, window_left=20,
            logits_soft_cap=6.0, q_data_type=dtype)
     out = poison(torch.empty_like(q))
     o, lse = w.run(q, cache, out=out, return_lse=True)
@@ -136,7 +137,7 @@ def test_torch_compile_fullgraph():
     dtype = torch.float16
     q, qo_indptr, cache, indptr, indices, last = _paged_batch(dtype, "NHD", seed=3)
     w = A.BatchPrefillWithPagedKVCacheWrapper(torch.empty(1 << 16, dtype=torch.uint8))
-    w.plan(qo_indptr, indptr, indices, last, 4, 2, 64, 16, True, q_data_type=dtype)
+    w.plan(qo_indptr, indptr, indices, last, 4, 2, 64, 16, causal=True, q_data_type=dtype)
 
     def f(q, cache):
         return w.run(q, cache) + 1
