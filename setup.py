@@ -61,6 +61,7 @@ setup(
         "cuda-python>=12.6; platform_system == 'Linux'",
         "nvidia-cuda-nvrtc; platform_system == 'Linux'",
     ],
-    extras_require={"test": ["pytest>=8", "pytest-xdist>=3", "pytest-benchmark>=4"]},
+    extras_require={"test": ["pytest>=8", "pytest-xdist>=3", "pytest-benchmark>=4", "hypothesis>=6"],
+                    "plot": ["matplotlib>=3.7"]},
     entry_points={"console_scripts": ["flashkit = flashkit.cli:main"]},
 )
