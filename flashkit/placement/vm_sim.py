@@ -93,6 +93,9 @@ def simulate_vm(trace: VMTrace, policy: str, *, n_hosts: int | None = None,
     next_sample, next_refresh = cut, t_begin + refresh_days
     t_maint = t_maint_start = cut + (horizon - cut) / 2 if maint_frac > 0 else math.inf
     deadline = t_maint + deadline_days
+    if deadline < math.inf and deadline > horizon:
+        raise ValueError(f"deadline_days {deadline_days} runs past the trace: maintenance starts "
+                         f"at day {t_maint:.2f} of {horizon:.2f}")
     starts, ends = trace.start.tolist(), trace.end.tolist()
     departures: list = []
     rejected = migrations = failed = 0
