@@ -39,7 +39,7 @@ _LAZY = {
     "APOLLOMini": "flashkit.optim",
     "optimizer_state_bytes": "flashkit.optim",
 }
-_SUBMODULES = ("jit", "ops", "optim", "moe", "cache")
+_SUBMODULES = ("jit", "ops", "optim", "moe", "cache", "placement")
 
 __all__ = ["__version__", *_LAZY, *_SUBMODULES]
 

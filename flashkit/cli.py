@@ -146,6 +146,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .cache.cli import add_parser as add_cache_parsers
 
     add_cache_parsers(sub)  # cache-sim, cache-trace
+    from .placement.cli import add_parser as add_placement_parsers
+
+    add_placement_parsers(sub)  # placement-sim, placement-trace
 
     demo = sub.add_parser("demo", help="run every op on the best device against its reference")
     demo.add_argument("--full", action="store_true", help="larger shapes and timings")

@@ -161,6 +161,12 @@ class PlacementEngine:
         self._reindex(h, now)
         return h
 
+    def set_free(self, h: int, free0: float, free1: float, now: float) -> None:
+        """Overwrite host ``h``'s free capacity (a domain whose items grow, like KV, keeps its
+        own accounting and tells the engine) and re-index it."""
+        self.free0[h], self.free1[h] = free0, free1
+        self._reindex(h, now)
+
     def exclude(self, h: int) -> None:
         """Take host ``h`` out of the index (maintenance: nothing new lands there)."""
         self.excluded.add(h)

@@ -7,7 +7,8 @@ else the tenant, else all VMs.
 
 Maintenance: halfway through the measured window, ``maint_frac`` of the occupied hosts stop
 taking VMs and must be empty by ``deadline_days``; one VM is migrated every ``1 / mig_per_day``
-days in the policy's drain order, and whatever is left at the deadline is migrated then.
+days in the policy's drain order, and whatever is left at the deadline is migrated then
+(deadline: one day, or 90 % of what is left of the trace if less).
 """
 from __future__ import annotations
 
@@ -61,7 +62,7 @@ def default_hosts(trace: VMTrace) -> int:
 def simulate_vm(trace: VMTrace, policy: str, *, n_hosts: int | None = None,
                 mode: str = "repredict", noise: float = 0.0, fit_fraction: float = 0.5,
                 samples: int = 400, refresh_days: float = 1 / 24, maint_frac: float = 0.01,
-                deadline_days: float = 1.0, mig_per_day: float = 480.0, seed: int = 0) -> dict:
+                deadline_days: float | None = None, mig_per_day: float = 480.0, seed: int = 0) -> dict:
     """Replay ``trace`` under ``policy``; returns the metrics as a dict.
 
     Keys: policy, mode, noise, hosts, vms, rejected, empty_hosts_mean (fraction of hosts
@@ -77,7 +78,8 @@ def simulate_vm(trace: VMTrace, policy: str, *, n_hosts: int | None = None,
         raise ValueError(f"fit_fraction must be in (0, 1), got {fit_fraction!r}")
     if not (isinstance(samples, int) and samples >= 1) or not refresh_days > 0:
         raise ValueError("samples must be an int >= 1 and refresh_days > 0")
-    if not 0 <= maint_frac < 1 or not deadline_days > 0 or not mig_per_day > 0:
+    if not 0 <= maint_frac < 1 or not (deadline_days is None or deadline_days > 0) \
+            or not mig_per_day > 0:
         raise ValueError("maint_frac must be in [0, 1), deadline_days and mig_per_day > 0")
     pol = make_policy(policy)
     n_hosts = default_hosts(trace) if n_hosts is None else n_hosts
@@ -92,6 +94,8 @@ def simulate_vm(trace: VMTrace, policy: str, *, n_hosts: int | None = None,
     sample_dt = (horizon - cut) / samples
     next_sample, next_refresh = cut, t_begin + refresh_days
     t_maint = t_maint_start = cut + (horizon - cut) / 2 if maint_frac > 0 else math.inf
+    if deadline_days is None:           # a day, or what is left of the trace if less
+        deadline_days = min(1.0, 0.9 * (horizon - t_maint)) if t_maint < math.inf else 1.0
     deadline = t_maint + deadline_days
     if deadline < math.inf and deadline > horizon:
         raise ValueError(f"deadline_days {deadline_days} runs past the trace: maintenance starts "
