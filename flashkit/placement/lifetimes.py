@@ -105,6 +105,28 @@ class SurvivalCurve:
         return np.where(inside, r, beyond)
 
 
+    def _raw_quantile(self, t, q):
+        target = (1 - q) * self.survival(t)
+        # s is non-increasing: the first interval whose S <= target starts at that knot
+        j = np.searchsorted(-self.s, -target, side="left")
+        return np.maximum(self.knots[np.minimum(j, self.knots.size - 1)] - t, 0.0)
+
+    def quantile_remaining(self, t, q: float = 0.5):
+        """The ``q`` quantile of T - t given T > t (the median residual life for q = 0.5): the
+        age where S first falls to (1 - q) S(t), minus t; extrapolated like :meth:`remaining`
+        where the curve is sparse."""
+        if not 0 < q < 1:
+            raise ValueError(f"q must be in (0, 1), got {q!r}")
+        t = np.asarray(t, dtype=np.float64)
+        if np.any(t < 0):
+            raise ValueError("t (age) must be >= 0")
+        r = self._raw_quantile(t, q)
+        if self._t_ref <= 0:
+            return r
+        ref = float(self._raw_quantile(np.float64(self._t_ref * (1 - 1e-9)), q))
+        return np.where(t < self._t_ref, r, ref * t / self._t_ref)
+
+
 def encode_classes(*features):
     """Integer class codes for rows of categorical features.
 
@@ -185,11 +207,13 @@ class Predictor:
         standard normal drawn once per item (noise 1.0: a factor 2.7 off at one sigma).
     age0 : float > 0
         First age of the reprediction table (ages below it use the age-0 prediction).
+    stat : 'mean' (E[T - age | T > age]) or 'median' (the median residual life: for heavy
+        tails the mean is set by the few very long items, the median by the typical one).
     seed : int
     """
 
     def __init__(self, model: LifetimeModel, mode: str = "repredict", *, noise: float = 0.0,
-                 age0: float = 1.0, seed: int = 0):
+                 age0: float = 1.0, stat: str = "mean", seed: int = 0):
         if not isinstance(model, LifetimeModel):
             raise TypeError(f"model must be a LifetimeModel, got {type(model).__name__}")
         if mode not in PREDICTOR_MODES:
@@ -201,7 +225,14 @@ class Predictor:
         self.model, self.mode, self.noise, self.seed = model, mode, float(noise), seed
         self.age0 = float(age0)
         ages = np.concatenate([[0.0], age0 * 2.0 ** (np.arange(_GRID_POINTS) / _GRID_PER_DOUBLING)])
-        self.table = np.stack([model.curve(c).remaining(ages) for c in range(model.n_classes)])
+        if stat not in ("mean", "median"):
+            raise ValueError(f"stat must be 'mean' or 'median', got {stat!r}")
+        self.stat = stat
+        if stat == "mean":
+            rows = [model.curve(c).remaining(ages) for c in range(model.n_classes)]
+        else:
+            rows = [model.curve(c).quantile_remaining(ages) for c in range(model.n_classes)]
+        self.table = np.stack(rows)
         self.means = self.table[:, 0].copy()
         self.table_l, self.means_l = self.table.tolist(), self.means.tolist()
         self._items = 0

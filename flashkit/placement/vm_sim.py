@@ -60,7 +60,8 @@ def default_hosts(trace: VMTrace) -> int:
 
 
 def simulate_vm(trace: VMTrace, policy: str, *, n_hosts: int | None = None,
-                mode: str = "repredict", noise: float = 0.0, fit_fraction: float = 0.5,
+                mode: str = "repredict", noise: float = 0.0, stat: str = "mean",
+                fit_fraction: float = 0.5,
                 samples: int = 400, refresh_days: float = 1 / 24, maint_frac: float = 0.01,
                 deadline_days: float | None = None, mig_per_day: float = 480.0, seed: int = 0) -> dict:
     """Replay ``trace`` under ``policy``; returns the metrics as a dict.
@@ -87,7 +88,7 @@ def simulate_vm(trace: VMTrace, policy: str, *, n_hosts: int | None = None,
     t_begin, horizon = float(trace.start[0]), float(trace.start[-1])
     cut = t_begin + fit_fraction * (horizon - t_begin)
     model, codes = fit_vm_model(trace, cut)
-    pred = Predictor(model, mode, noise=noise, age0=1 / 1440, seed=seed)
+    pred = Predictor(model, mode, noise=noise, age0=1 / 1440, stat=stat, seed=seed)
     pred.bind(codes, trace.start, trace.end)
     eng = PlacementEngine(n_hosts, pol, pred, trace.cpu, trace.mem, r0=1 / 96)
     probe_c, probe_m = float(np.median(trace.cpu)), float(np.median(trace.mem))

@@ -106,3 +106,19 @@ def test_model_and_predictor_bad_inputs():
         Predictor("model")
     with pytest.raises(ValueError, match="age"):
         SurvivalCurve([1.0]).remaining(-1.0)
+
+
+def test_median_residual_life():
+    rng = np.random.default_rng(7)
+    c = SurvivalCurve(rng.exponential(2.0, N))                 # memoryless: 2 ln 2 at any age
+    np.testing.assert_allclose(c.quantile_remaining([0.0, 1.0, 4.0]), 2 * math.log(2), rtol=0.03)
+    a = 2.5
+    c = SurvivalCurve(1 + rng.pareto(a, N))                    # t (2^(1/a) - 1) for t >= x_m
+    t = np.array([1.0, 2.0, 4.0])
+    np.testing.assert_allclose(c.quantile_remaining(t), t * (2 ** (1 / a) - 1), rtol=0.06)
+    m = LifetimeModel(rng.exponential(2.0, 5000), np.zeros(5000, np.int64))
+    p = Predictor(m, stat="median")
+    p.bind(np.zeros(1, np.int64), np.zeros(1), np.ones(1))
+    assert p.remaining(0, 0.0) == pytest.approx(2 * math.log(2), rel=0.08)
+    with pytest.raises(ValueError, match="stat"):
+        Predictor(m, stat="mode")
