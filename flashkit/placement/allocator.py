@@ -129,8 +129,8 @@ class PageAllocator:
             indices.extend(pages[:need])
             indptr.append(len(indices))
             last.append(n - (need - 1) * page_size)
-        as_t = lambda x: torch.tensor(x, dtype=torch.int32, device=device)  # noqa: E731
-        return as_t(indptr), as_t(indices), as_t(last)
+        return tuple(torch.tensor(x, dtype=torch.int32, device=device)
+                     for x in (indptr, indices, last))
 
 
 class LifetimeAwarePageAllocator(PageAllocator):

@@ -66,14 +66,18 @@ def _cmd_sim(args) -> int:
     try:
         if args.domain == "vm":
             trace = read_vm_trace(args.trace, args.machine_id)
-            run = lambda p: simulate_vm(trace, p, n_hosts=args.hosts, mode=args.mode,  # noqa: E731
-                                        noise=args.noise, seed=args.seed)
+
+            def run(p):
+                return simulate_vm(trace, p, n_hosts=args.hosts, mode=args.mode,
+                                   noise=args.noise, seed=args.seed)
         else:
             trace = read_llm_trace(args.trace)
-            run = lambda p: simulate_llm(trace, p, n_instances=64 if args.hosts is None else args.hosts,  # noqa: E731
-                                         kv_tokens=args.kv_tokens, max_batch=args.max_batch,
-                                         mode=args.mode, noise=args.noise, seed=args.seed,
-                                         kv_block_requests=args.kv_block_requests)
+
+            def run(p):
+                return simulate_llm(trace, p, n_instances=64 if args.hosts is None else args.hosts,
+                                    kv_tokens=args.kv_tokens, max_batch=args.max_batch,
+                                    mode=args.mode, noise=args.noise, seed=args.seed,
+                                    kv_block_requests=args.kv_block_requests)
         for p in policies:
             results.append(run(p))
     except (OSError, ValueError) as e:

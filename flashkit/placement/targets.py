@@ -1,10 +1,11 @@
 """Issue 15's targets, measured: ``python -m flashkit.placement.targets {vm,llm,scale} --out F``.
 
 vm: a generated 100,000-VM, 14-day trace on 1.1 x its peak load in hosts; every policy with
-repredicted lifetimes, then LAVA with one-shot, oracle and noisy predictions. llm: a generated
-trace on decode instances, every policy, then LAVA's prediction variants. scale: the sizes of
-the issue (100,000 VMs on 5,000 hosts; 1,000,000 requests on 64 instances), one policy each,
-with the machine's load average beside the time.
+repredicted lifetimes, then LAVA with one-shot, oracle and noisy predictions. maint: the same
+trace with 10 % of the occupied hosts drained for maintenance (best-fit, LAVA, LARS). llm: a
+generated trace on decode instances, every policy, then LAVA's prediction variants. scale:
+the sizes of the issue (100,000 VMs on 5,000 hosts; 1,000,000 requests on 64 instances), one
+policy each, with the machine's load average beside the time.
 """
 from __future__ import annotations
 
@@ -39,6 +40,12 @@ def run_vm(n, seed):
     return rows
 
 
+def run_maint(n, seed):
+    tr = generate_vm_trace(n, days=14.0, seed=seed)
+    return [_row(simulate_vm(tr, p, maint_frac=0.1), maint_frac=0.1)
+            for p in ("best-fit", "lava", "lars")]
+
+
 def run_llm(n, rate, instances, seed):
     tr = generate_llm_trace(n, rate=rate, seed=seed)
     kw = dict(n_instances=instances, kv_block_requests=5000)
@@ -61,7 +68,7 @@ def run_scale(which):
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m flashkit.placement.targets", description=__doc__)
-    p.add_argument("what", choices=["vm", "llm", "scale"])
+    p.add_argument("what", choices=["vm", "maint", "llm", "scale"])
     p.add_argument("--n", type=int, help="VMs (vm, default 100000) or requests (llm, 100000)")
     p.add_argument("--rate", type=float, default=90.0, help="llm: requests per s (90)")
     p.add_argument("--instances", type=int, default=16, help="llm: instances (16)")
@@ -72,6 +79,8 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     if a.what == "vm":
         rows = run_vm(a.n or 100_000, a.seed)
+    elif a.what == "maint":
+        rows = run_maint(a.n or 100_000, a.seed)
     elif a.what == "llm":
         rows = run_llm(a.n or 100_000, a.rate, a.instances, a.seed)
     else:

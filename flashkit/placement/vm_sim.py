@@ -63,7 +63,8 @@ def simulate_vm(trace: VMTrace, policy: str, *, n_hosts: int | None = None,
                 mode: str = "repredict", noise: float = 0.0, stat: str = "mean",
                 fit_fraction: float = 0.5,
                 samples: int = 400, refresh_days: float = 1 / 24, maint_frac: float = 0.01,
-                deadline_days: float | None = None, mig_per_day: float = 480.0, seed: int = 0) -> dict:
+                deadline_days: float | None = None, mig_per_day: float = 480.0,
+                seed: int = 0) -> dict:
     """Replay ``trace`` under ``policy``; returns the metrics as a dict.
 
     Keys: policy, mode, noise, hosts, vms, rejected, empty_hosts_mean (fraction of hosts

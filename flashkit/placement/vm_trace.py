@@ -79,7 +79,8 @@ def read_vm_trace(path, machine_id: int | None = None) -> VMTrace:
     with con:
         _columns(con, "vm", _VM_COLS, path)
         _columns(con, "vmType", _TYPE_COLS, path)
-        types = con.execute("SELECT rowid, vmTypeId, machineId, core, memory FROM vmType").fetchall()
+        types = con.execute("SELECT rowid, vmTypeId, machineId, core, memory "
+                            "FROM vmType").fetchall()
         for rowid, *vals in types:
             if any(v is None for v in vals):
                 raise ValueError(f"{path}: vmType row {rowid}: NULL vmTypeId, machineId, core or "
@@ -168,7 +169,8 @@ def generate_vm_trace(n_vms: int, *, days: float = 14.0, n_tenants: int = 200,
     t = t[rng.uniform(0, 1.5, t.size) < 1 + 0.5 * np.cos(2 * np.pi * t)]
     while t.size < n_vms:
         extra = rng.uniform(0, days, n_vms)
-        t = np.concatenate([t, extra[rng.uniform(0, 1.5, n_vms) < 1 + 0.5 * np.cos(2 * np.pi * extra)]])
+        keep = rng.uniform(0, 1.5, n_vms) < 1 + 0.5 * np.cos(2 * np.pi * extra)
+        t = np.concatenate([t, extra[keep]])
     start = np.sort(t[:n_vms])
     pop = 1.0 / np.arange(1, n_tenants + 1) ** 1.1
     tenant = rng.choice(n_tenants, n_vms, p=pop / pop.sum())

@@ -34,7 +34,8 @@ def test_lognormal_remaining():
     x = np.random.default_rng(3).lognormal(mu, s, N)
     for t in (0.1, 1.0, 3.0, 8.0):
         lt = math.log(t)
-        cond_mean = math.exp(mu + s * s / 2) * _phi((mu + s * s - lt) / s) / (1 - _phi((lt - mu) / s))
+        cond_mean = (math.exp(mu + s * s / 2) * _phi((mu + s * s - lt) / s)
+                     / (1 - _phi((lt - mu) / s)))
         assert SurvivalCurve(x).remaining(t) == pytest.approx(cond_mean - t, rel=0.05)
 
 

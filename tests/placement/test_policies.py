@@ -13,7 +13,8 @@ def engine(policy, n_hosts, cpu, mem, ends, starts=None):
     """Items with oracle lifetimes, so each one's predicted remaining time is known exactly."""
     n = len(cpu)
     pred = Predictor(MODEL, "oracle")
-    pred.bind(np.zeros(n, np.int64), np.zeros(n) if starts is None else starts, np.asarray(ends, float))
+    pred.bind(np.zeros(n, np.int64), np.zeros(n) if starts is None else starts,
+              np.asarray(ends, float))
     return PlacementEngine(n_hosts, make_policy(policy), pred, cpu, mem, r0=1.0)
 
 
