@@ -119,7 +119,7 @@ def simulate_llm(trace: LLMTrace, policy: str, *, n_instances: int = 64,
         while queue:
             j = queue[0]
             rem = gen0[j] - done[j]
-            grow = min(pred.remaining(j, now), rem) if lifetime_aware else 1
+            grow = pred.remaining(j, now) if lifetime_aware else 1
             eng.need0[j] = min(1.0, (ctx[j] + grow) / cap)
             while True:
                 h = eng.place(j, now)

@@ -3,8 +3,8 @@
 vm: a generated 100,000-VM, 14-day trace on 1.1 x its peak load in hosts; every policy with
 repredicted lifetimes, then LAVA with one-shot, oracle and noisy predictions. maint: the same
 trace with 10 % of the occupied hosts drained for maintenance (best-fit, LAVA, LARS). llm: a
-generated trace on decode instances, every policy, then LAVA's prediction variants. scale:
-the sizes of the issue (100,000 VMs on 5,000 hosts; 1,000,000 requests on 64 instances), one
+generated trace on decode instances, the baselines and LAVA, then LAVA's prediction variants.
+scale: the sizes of the issue (100,000 VMs on 5,000 hosts; 1,000,000 requests on 64 instances), one
 policy each, with the machine's load average beside the time.
 """
 from __future__ import annotations
@@ -58,8 +58,9 @@ def run_maint(n, seed):
 def run_llm(n, rate, instances, seed):
     tr = generate_llm_trace(n, rate=rate, seed=seed)
     kw = dict(n_instances=instances, kv_block_requests=5000)
-    rows = [_row(simulate_llm(tr, p, **kw)) for p in ("first-fit", "best-fit", "nilas", "lava")]
-    rows += [_row(simulate_llm(tr, "lava", mode=m, noise=z, **kw)) for m, z in _VARIANTS]
+    rows = [_row(simulate_llm(tr, p, **kw)) for p in ("first-fit", "best-fit", "lava")]
+    rows += [_row(simulate_llm(tr, "lava", mode=m, noise=z, **kw))
+             for m, z in (("one-shot", 0.0), ("oracle", 0.0), ("repredict", 1.0))]
     return rows
 
 
@@ -79,7 +80,7 @@ def run_scale(which):
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m flashkit.placement.targets", description=__doc__)
     p.add_argument("what", choices=["vm", "maint", "llm", "scale"])
-    p.add_argument("--n", type=int, help="VMs (vm, default 100000) or requests (llm, 100000)")
+    p.add_argument("--n", type=int, help="VMs (vm, default 100000) or requests (llm, 30000)")
     p.add_argument("--rate", type=float, default=90.0, help="llm: requests per s (90)")
     p.add_argument("--instances", type=int, default=16, help="llm: instances (16)")
     p.add_argument("--scale", choices=["vm", "llm", "both"], default="both")
@@ -92,7 +93,7 @@ def main(argv=None) -> int:
     elif a.what == "maint":
         rows = run_maint(a.n or 100_000, a.seed)
     elif a.what == "llm":
-        rows = run_llm(a.n or 100_000, a.rate, a.instances, a.seed)
+        rows = run_llm(a.n or 30_000, a.rate, a.instances, a.seed)
     else:
         rows = run_scale(a.scale)
     try:
