@@ -32,8 +32,12 @@ def simulate_kv_blocks(arrive, context, generated, predictor: Predictor | None, 
     """
     arrive = np.asarray(arrive, np.float64)
     n = arrive.size
-    if n == 0:
-        raise ValueError("simulate_kv_blocks needs at least one request")
+    if arrive.ndim != 1 or n == 0 or np.any(np.diff(arrive) < 0):
+        raise ValueError("arrive must be a non-empty 1-D array in time order")
+    if np.shape(context) != (n,) or np.shape(generated) != (n,):
+        raise ValueError(f"context and generated must have shape ({n},)")
+    if predictor is not None and not isinstance(predictor, Predictor):
+        raise TypeError(f"predictor must be a Predictor or None, got {type(predictor).__name__}")
     ctx0 = np.asarray(context, np.int64).tolist()
     gen0 = np.asarray(generated, np.int64).tolist()
     if max(c + g for c, g in zip(ctx0, gen0)) > num_pages * page_size:

@@ -93,6 +93,8 @@ def read_llm_trace(path) -> LLMTrace:
 
 def write_llm_trace(trace: LLMTrace, path) -> None:
     """Write ``trace`` as CSV with TIMESTAMP in seconds."""
+    if not isinstance(trace, LLMTrace):
+        raise TypeError(f"trace must be an LLMTrace, got {type(trace).__name__}")
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(_COLS)

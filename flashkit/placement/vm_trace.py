@@ -124,6 +124,8 @@ def read_vm_trace(path, machine_id: int | None = None) -> VMTrace:
 
 def write_vm_trace(trace: VMTrace, path) -> None:
     """Write ``trace`` as an Azure Packing Trace 2020 sqlite file (replacing ``path``)."""
+    if not isinstance(trace, VMTrace):
+        raise TypeError(f"trace must be a VMTrace, got {type(trace).__name__}")
     if os.path.exists(path):
         os.remove(path)
     con = sqlite3.connect(path)

@@ -75,3 +75,14 @@ def test_kv_blocks_lifetime_aware_empties_more_blocks():
     aware = simulate_kv_blocks(arrive, ctx, gen, pred, num_pages=8192)
     assert aware["kv_empty_blocks_mean"] > plain["kv_empty_blocks_mean"] + 0.05
     assert aware["kv_fragmentation"] < plain["kv_fragmentation"]
+
+
+def test_bad_inputs():
+    with pytest.raises(ValueError, match="arrive"):
+        simulate_kv_blocks([2.0, 1.0], [1, 1], [1, 1], None, num_pages=16)
+    with pytest.raises(ValueError, match="context"):
+        simulate_kv_blocks([1.0, 2.0], [1], [1, 1], None, num_pages=16)
+    with pytest.raises(TypeError, match="trace"):
+        write_llm_trace("trace", "x.csv")
+    with pytest.raises(ValueError, match="rate"):
+        generate_llm_trace(10, rate=0)
