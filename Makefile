@@ -21,7 +21,7 @@ venv: $(STAMP)
 
 DEMO_STAMP := $(VENV)/.flashkit-demo-installed
 $(DEMO_STAMP): $(STAMP)
-	$(PY) -m pip install --quiet $(PIP_ARGS) -e ".[demo]"
+	$(PY) -m pip install --quiet $(PIP_ARGS) -e ".[plot]"
 	touch $@
 
 demo: $(DEMO_STAMP)

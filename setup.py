@@ -69,8 +69,8 @@ setup(
         # flashkit.debloat: ELF headers, and the LZ4 / zstd compressed fatbin entries
         "debloat": DEBLOAT,
         "transformers": TRANSFORMERS,
-        # `make demo` installs it: `flashkit cache-sim --plot/--plot-alpha` draw with it
-        "demo": ["matplotlib>=3.7"],
+        # the simulators' --plot (cache-sim, reshard-sim, placement-sim); `make demo` installs it
+        "plot": ["matplotlib>=3.7"],
         "test": ["pytest>=8", "pytest-xdist>=3", "pytest-benchmark>=4", "hypothesis>=6",
                  *DEBLOAT, "nvidia-cuda-cuobjdump", *TRANSFORMERS,
                  # the chunk_ssd_scan benchmark's baseline; its tests check the mapping on CPU

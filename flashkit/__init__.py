@@ -39,7 +39,7 @@ _LAZY = {
     "APOLLOMini": "flashkit.optim",
     "optimizer_state_bytes": "flashkit.optim",
 }
-_SUBMODULES = ("jit", "ops", "optim", "moe", "prefix_cache", "debloat", "reshard")
+_SUBMODULES = ("jit", "ops", "optim", "moe", "prefix_cache", "debloat", "reshard", "placement")
 _DEPRECATED_SUBMODULES = ("cache",)  # flashkit.prefix_cache's old name, kept for one release
 
 __all__ = ["__version__", *_LAZY, *_SUBMODULES]

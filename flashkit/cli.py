@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import math
 import re
@@ -170,20 +171,10 @@ def build_parser() -> argparse.ArgumentParser:
     unbundle.add_argument("path")
     unbundle.set_defaults(fn=_cmd_jit_unbundle)
 
-    from .bench.cli import add_parser as add_bench_parser
-
-    add_bench_parser(sub)  # bench
-
-    from .prefix_cache.cli import add_parser as add_cache_parsers
-
-    add_cache_parsers(sub)  # cache-sim, cache-trace
-    from .reshard.cli import add_parser as add_reshard_parsers
-
-    add_reshard_parsers(sub)  # reshard-sim, reshard-trace
-
-    from .debloat.cli import add_parser as add_debloat_parser
-
-    add_debloat_parser(sub)  # debloat inspect | prune | trace
+    # Each family or integration owns its subcommands: bench; cache-sim, cache-trace;
+    # reshard-sim, reshard-trace; debloat inspect | prune | trace; placement-sim, placement-trace.
+    for owner in ("bench", "prefix_cache", "reshard", "debloat", "placement"):
+        importlib.import_module(f"flashkit.{owner}.cli").add_parser(sub)
 
     demo = sub.add_parser("demo", help="run every op on the best device against its reference")
     demo.add_argument("--full", action="store_true", help="larger shapes and timings")

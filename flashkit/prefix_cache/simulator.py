@@ -104,7 +104,7 @@ def _pyplot():
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError as e:
-        raise RuntimeError("plotting needs matplotlib (pip install 'flashkit[demo]'); the "
+        raise RuntimeError("plotting needs matplotlib (pip install 'flashkit[plot]'); the "
                            "numbers are in --json") from e
     return plt
 

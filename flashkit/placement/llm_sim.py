@@ -1,0 +1,226 @@
+"""LLM requests on decode instances: KV that grows one token per decode step, and preemption.
+
+Time is in decode steps (``step_s`` seconds each; every instance steps in lockstep). A request
+admitted with ``c`` tokens of context holds ``c + age`` tokens of KV and leaves after its
+generated tokens. An instance holds ``kv_tokens`` of KV and ``max_batch`` requests; when its
+KV is full the newest request is preempted (vLLM's recompute preemption): it frees its KV and
+waits at the head of the queue to be admitted again with context + what it generated so far.
+The engine routes requests (resource 0: KV, resource 1: batch slots). Lifetime = generated
+tokens, repredicted from the tokens generated so far; classes: log2 bucket of the context.
+Lifetime-aware policies also ask for room for the predicted growth, not just the prompt.
+"""
+from __future__ import annotations
+
+import collections
+import heapq
+import math
+import time
+
+import numpy as np
+
+from .engine import PlacementEngine
+from .kv_blocks import simulate_kv_blocks
+from .lifetimes import LifetimeModel, Predictor
+from .llm_trace import LLMTrace
+from .policies import make_policy
+
+__all__ = ["simulate_llm"]
+
+
+def simulate_llm(trace: LLMTrace, policy: str, *, n_instances: int = 64,
+                 kv_tokens: int = 131_072, max_batch: int = 256, step_s: float = 0.025,
+                 mode: str = "repredict", noise: float = 0.0, fit_fraction: float = 0.5,
+                 samples: int = 400, refresh_steps: float = 256.0, kv_block_requests: int = 5000,
+                 seed: int = 0) -> dict:
+    """Replay ``trace`` under ``policy`` on ``n_instances``; returns the metrics as a dict.
+
+    Keys: policy, mode, noise, hosts, requests, preemptions, empty_hosts_mean (fraction of
+    instances with no request, sampled after the fit window), stranded_mem_frac (free KV on
+    instances whose batch is full) and stranded_cpu_frac (free batch slots on instances
+    whose free KV is below the median context), queue_wait_s_mean, tokens_per_s (generated
+    tokens over the makespan), makespan_s, seconds, and the sampled series; and, from one
+    instance's fair share (every ``n_instances``-th request, the first ``kv_block_requests``
+    of them) replayed page by page (16-token pages, 16-page blocks; the lifetime-aware
+    allocator for lifetime-aware policies, else the free list): kv_empty_blocks_mean,
+    kv_fragmentation, kv_preemptions.
+    """
+    if not isinstance(trace, LLMTrace):
+        raise TypeError(f"trace must be an LLMTrace, got {type(trace).__name__}")
+    for name, v in (("n_instances", n_instances), ("kv_tokens", kv_tokens),
+                    ("max_batch", max_batch)):
+        if not isinstance(v, int) or v < 1:
+            raise ValueError(f"{name} must be an int >= 1, got {v!r}")
+    if not 0 < fit_fraction < 1 or not step_s > 0:
+        raise ValueError("fit_fraction must be in (0, 1) and step_s > 0")
+    big = np.flatnonzero(trace.context + trace.generated > kv_tokens)
+    if big.size:
+        j = int(big[0])
+        raise ValueError(f"trace line {j + 2}: request needs {trace.context[j]} + "
+                         f"{trace.generated[j]} tokens of KV, larger than an instance "
+                         f"(kv_tokens={kv_tokens})")
+    pol = make_policy(policy)
+    t0 = time.perf_counter()
+    n = len(trace)
+    arrive = (trace.arrival / step_s).tolist()
+    ctx0, gen0 = trace.context.tolist(), trace.generated.tolist()
+    classes = np.floor(np.log2(np.maximum(trace.context, 1))).astype(np.int64)
+    cut_i = max(1, int(fit_fraction * n))
+    # history: requests of the fit window, their lifetimes fully observed
+    model = LifetimeModel(trace.generated[:cut_i].astype(float), classes[:cut_i])
+    pred = Predictor(model, mode, noise=noise, age0=1.0, seed=seed)
+    pred.bind(classes, np.asarray(arrive), np.asarray(arrive) + trace.generated)
+    start_l = pred.start_l                             # age = tokens generated so far
+    cap, slot = float(kv_tokens), 1.0 / max_batch
+    need0 = ((trace.context + 1) / cap).clip(max=1.0)
+    eng = PlacementEngine(n_instances, pol, pred, np.maximum(need0, 1e-9),
+                          np.full(n, slot), r0=16.0)
+    lifetime_aware = pol.uses_lifetime
+    used = [0.0] * n_instances                          # KV tokens at t_upd
+    active = [0] * n_instances
+    t_upd = [0.0] * n_instances
+    newest = [[] for _ in range(n_instances)]           # admission order, for preemption
+    ver = [0] * n_instances
+    ctx, done = list(ctx0), [0] * n                     # context now, tokens generated so far
+    admitted_at = [0.0] * n
+    dep_ver = [0] * n
+    events: list = []                                   # (time, kind, id, version)
+    queue: collections.deque = collections.deque()
+    preemptions = waited = 0
+    wait_steps = 0.0
+    queued_at = [0.0] * n
+    i = 0
+    t_cut = arrive[cut_i - 1]
+    horizon = arrive[-1]
+    sample_dt = max((horizon - t_cut) / samples, 1e-9)
+    next_sample, next_refresh = t_cut, refresh_steps
+    series = {"t_s": [], "empty_frac": [], "stranded_kv": [], "stranded_slots": []}
+    probe = float(np.median(trace.context))
+    tokens_done = completed = 0
+    last_exit = 0.0
+
+    def sync(h, now):
+        used[h] += active[h] * (now - t_upd[h])
+        t_upd[h] = now
+
+    def publish(h, now):
+        ver[h] += 1
+        if active[h]:
+            heapq.heappush(events, (now + (cap - used[h]) / active[h], 1, h, ver[h]))
+        eng.set_free(h, max(0.0, 1 - used[h] / cap), 1 - active[h] * slot, now)
+
+    def leave(j, h, now):
+        sync(h, now)
+        used[h] -= ctx[j] + (now - admitted_at[j])
+        active[h] -= 1
+        eng.release(j, now)
+
+    def admit(now):
+        nonlocal waited, wait_steps
+        while queue:
+            j = queue[0]
+            rem = gen0[j] - done[j]
+            grow = pred.remaining(j, now) if lifetime_aware else 1
+            eng.need0[j] = min(1.0, (ctx[j] + grow) / cap)
+            while True:
+                h = eng.place(j, now)
+                if h < 0:
+                    return
+                sync(h, now)
+                if used[h] + ctx[j] + 1 <= cap and active[h] < max_batch:
+                    break
+                eng.release(j, now)                     # the index was stale: KV grew
+                publish(h, now)
+            queue.popleft()
+            wait_steps += now - queued_at[j]
+            waited += 1
+            used[h] += ctx[j]
+            active[h] += 1
+            admitted_at[j] = now
+            pred.end_l[j] = pred.end[j] = now + rem        # the oracle knows the delay too
+            newest[h].append(j)
+            dep_ver[j] += 1
+            heapq.heappush(events, (now + rem, 0, j, dep_ver[j]))
+            publish(h, now)
+
+    now = 0.0
+    while True:
+        t_arr = arrive[i] if i < n else math.inf
+        t_ev = events[0][0] if events else math.inf
+        now = min(t_arr, t_ev, next_sample, next_refresh)
+        if completed == n or now == math.inf:
+            break
+        if now == t_ev:
+            _, kind, x, v = heapq.heappop(events)
+            if kind == 0:                               # departure
+                if v != dep_ver[x]:
+                    continue
+                h = int(eng.item_host[x])
+                leave(x, h, now)
+                tokens_done += gen0[x]
+                completed += 1
+                last_exit = now
+                publish(h, now)
+                admit(now)
+            else:                                       # instance x's KV is full
+                if v != ver[x]:
+                    continue
+                stack = newest[x]
+                while stack and eng.item_host[stack[-1]] != x:
+                    stack.pop()
+                j = stack.pop()
+                leave(j, x, now)
+                done[j] += int(round(now - admitted_at[j]))
+                ctx[j] = ctx0[j] + done[j]
+                start_l[j] = now - done[j]
+                pred.start[j] = start_l[j]
+                dep_ver[j] += 1
+                preemptions += 1
+                queued_at[j] = now
+                queue.appendleft(j)
+                publish(x, now)
+                admit(now)
+        elif now == t_arr:
+            queued_at[i] = now
+            queue.append(i)
+            i += 1
+            admit(now)
+        elif now == next_refresh:
+            eng.refresh(now)
+            next_refresh += refresh_steps
+        else:
+            if now <= horizon:
+                live = [used[h] + active[h] * (now - t_upd[h]) for h in range(n_instances)]
+                full = [active[h] >= max_batch for h in range(n_instances)]
+                series["t_s"].append(now * step_s)
+                series["empty_frac"].append(sum(a == 0 for a in active) / n_instances)
+                series["stranded_kv"].append(
+                    sum(cap - u for u, f in zip(live, full) if f) / (cap * n_instances))
+                series["stranded_slots"].append(
+                    sum((max_batch - a) * slot for a, u in zip(active, live)
+                        if a and cap - u < probe) / n_instances)
+            next_sample = next_sample + sample_dt if now <= horizon else math.inf
+    seconds = time.perf_counter() - t0
+    kv = {"kv_empty_blocks_mean": None, "kv_fragmentation": None, "kv_preemptions": None}
+    if kv_block_requests > 0:
+        sub = np.arange(0, n, n_instances)[:kv_block_requests]
+        kv_pred = None
+        if lifetime_aware:
+            kv_pred = Predictor(model, mode, noise=noise, age0=1.0, seed=seed + 1)
+            a = np.asarray(arrive)[sub]
+            kv_pred.bind(classes[sub], a, a + trace.generated[sub])
+        kv = simulate_kv_blocks(np.asarray(arrive)[sub], trace.context[sub],
+                                trace.generated[sub], kv_pred,
+                                num_pages=kv_tokens // 256 * 16, max_batch=max_batch)
+    return {
+        "policy": policy, "mode": mode, "noise": noise, "hosts": n_instances, "requests": n,
+        **kv,
+        "preemptions": preemptions,
+        "empty_hosts_mean": float(np.mean(series["empty_frac"])),
+        "stranded_cpu_frac": float(np.mean(series["stranded_slots"])),
+        "stranded_mem_frac": float(np.mean(series["stranded_kv"])),
+        "migrations": 0,
+        "queue_wait_s_mean": wait_steps / max(waited, 1) * step_s,
+        "makespan_s": last_exit * step_s,
+        "tokens_per_s": tokens_done / max(last_exit * step_s, 1e-9),
+        "seconds": seconds, "kv_seconds": time.perf_counter() - t0 - seconds, "series": series,
+    }

@@ -1,0 +1,115 @@
+"""Issue 15's targets, measured: ``python -m flashkit.placement.targets {vm,llm,scale} --out F``.
+
+vm: a generated 100,000-VM, 14-day trace on 1.1 x its peak load in hosts; every policy with
+repredicted lifetimes, then LAVA with one-shot, oracle and noisy predictions. maint: the same
+trace with 10 % of the occupied hosts drained for maintenance (best-fit, LAVA, LARS). llm: a
+generated trace on decode instances, the baselines and LAVA, then LAVA's prediction variants.
+scale: the sizes of the issue (100,000 VMs on 5,000 hosts; 1,000,000 requests on 64 instances), one
+policy each, with the machine's load average beside the time.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+
+from .llm_sim import simulate_llm
+from .llm_trace import generate_llm_trace
+from .vm_sim import simulate_vm
+from .vm_trace import generate_vm_trace
+
+_VARIANTS = [("one-shot", 0.0), ("oracle", 0.0), ("repredict", 0.5), ("repredict", 1.0),
+             ("repredict", 2.0)]
+
+
+def _row(r, **extra):
+    out = {k: v for k, v in r.items() if k != "series"}
+    out.update(extra, load_avg_1m=os.getloadavg()[0])
+    return out
+
+
+def _timed(fn, *args, **kw):
+    """fn's result with ``cpu_seconds``: this process's CPU time for it (on a shared machine
+    wall seconds measure the neighbours as much as the code)."""
+    c0 = time.process_time()
+    r = fn(*args, **kw)
+    r["cpu_seconds"] = time.process_time() - c0
+    return r
+
+
+def run_vm(n, seed):
+    tr = generate_vm_trace(n, days=14.0, seed=seed)
+    rows = [_row(simulate_vm(tr, p)) for p in ("first-fit", "best-fit", "nilas", "lava", "lars")]
+    rows += [_row(simulate_vm(tr, "lava", mode=m, noise=z)) for m, z in _VARIANTS]
+    rows.append(_row(simulate_vm(tr, "lava", stat="median"), stat="median"))
+    return rows
+
+
+def run_maint(n, seed):
+    tr = generate_vm_trace(n, days=14.0, seed=seed)
+    return [_row(simulate_vm(tr, p, maint_frac=0.1), maint_frac=0.1)
+            for p in ("best-fit", "lava", "lars")]
+
+
+def run_llm(n, rate, instances, seed):
+    tr = generate_llm_trace(n, rate=rate, seed=seed)
+    kw = dict(n_instances=instances, kv_block_requests=5000)
+    rows = [_row(simulate_llm(tr, p, **kw)) for p in ("first-fit", "best-fit", "lava")]
+    rows += [_row(simulate_llm(tr, "lava", mode=m, noise=z, **kw))
+             for m, z in (("one-shot", 0.0), ("oracle", 0.0), ("repredict", 1.0))]
+    return rows
+
+
+def run_scale(which):
+    rows = []
+    if which in ("vm", "both"):
+        tr = generate_vm_trace(100_000, days=14.0, seed=0)
+        rows.append(_row(_timed(simulate_vm, tr, "lava", n_hosts=5000),
+                         case="100k VMs on 5,000 hosts"))
+    if which in ("llm", "both"):
+        tr = generate_llm_trace(1_000_000, rate=400.0, seed=0)
+        rows.append(_row(_timed(simulate_llm, tr, "lava", n_instances=64, kv_block_requests=0),
+                         case="1M requests on 64 instances"))
+    return rows
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m flashkit.placement.targets", description=__doc__)
+    p.add_argument("what", choices=["vm", "maint", "llm", "scale"])
+    p.add_argument("--n", type=int, help="VMs (vm, default 100000) or requests (llm, 30000)")
+    p.add_argument("--rate", type=float, default=90.0, help="llm: requests per s (90)")
+    p.add_argument("--instances", type=int, default=16, help="llm: instances (16)")
+    p.add_argument("--scale", choices=["vm", "llm", "both"], default="both")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, help="JSON file to write")
+    a = p.parse_args(argv)
+    t0 = time.perf_counter()
+    if a.what == "vm":
+        rows = run_vm(a.n or 100_000, a.seed)
+    elif a.what == "maint":
+        rows = run_maint(a.n or 100_000, a.seed)
+    elif a.what == "llm":
+        rows = run_llm(a.n or 30_000, a.rate, a.instances, a.seed)
+    else:
+        rows = run_scale(a.scale)
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                                text=True, check=False).stdout.strip()
+    except OSError:
+        commit = ""
+    doc = {"command": "python -m flashkit.placement.targets " + " ".join(argv or sys.argv[1:]),
+           "commit": commit, "machine": platform.processor() or platform.machine(),
+           "cpus": os.cpu_count(), "seconds_total": time.perf_counter() - t0, "rows": rows}
+    with open(a.out, "w") as f:
+        json.dump(doc, f, indent=1)
+    for r in rows:
+        print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,47 @@
+"""flashkit placement-sim / placement-trace end to end; bad arguments and files exit 2."""
+import json
+
+import pytest
+
+from flashkit.cli import main
+
+
+def test_vm_and_llm_end_to_end(tmp_path, capsys):
+    vm, llm = str(tmp_path / "v.sqlite"), str(tmp_path / "l.csv")
+    assert main(["placement-trace", "--domain", "vm", "--n", "2000", "--days", "3",
+                 "--out", vm]) == 0
+    assert main(["placement-sim", "--trace", vm, "--domain", "vm", "--policy", "best-fit",
+                 "--policy", "lars", "--json", str(tmp_path / "v.json")]) == 0
+    rows = json.loads((tmp_path / "v.json").read_text())
+    assert [r["policy"] for r in rows] == ["best-fit", "lars"]
+    for r in rows:
+        assert {"policy", "empty_hosts_mean", "stranded_cpu_frac", "stranded_mem_frac",
+                "migrations", "seconds", "drain_hours_mean"} <= set(r)
+    assert main(["placement-trace", "--domain", "llm", "--n", "1500", "--rate", "30",
+                 "--out", llm]) == 0
+    assert main(["placement-sim", "--trace", llm, "--domain", "llm", "--hosts", "4",
+                 "--policy", "lava", "--kv-block-requests", "200",
+                 "--json", str(tmp_path / "l.json")]) == 0
+    (r,) = json.loads((tmp_path / "l.json").read_text())
+    assert {"preemptions", "kv_fragmentation", "kv_empty_blocks_mean", "empty_hosts_mean"} <= set(r)
+    assert "lava (repredict" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv, msg", [
+    (["--trace", "/nonexistent.sqlite", "--domain", "vm"], "no such file"),
+    (["--trace", "{csv}", "--domain", "vm"], "not an sqlite"),
+    (["--trace", "{csv}", "--domain", "llm", "--hosts", "0"], "n_instances"),
+])
+def test_bad_files_and_values_exit_2(tmp_path, capsys, argv, msg):
+    csv = tmp_path / "t.csv"
+    csv.write_text("TIMESTAMP,ContextTokens,GeneratedTokens\n" + "0,10,5\n" * 40)
+    argv = [a.replace("{csv}", str(csv)) for a in argv]
+    assert main(["placement-sim", *argv]) == 2
+    err = capsys.readouterr().err
+    assert msg in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_bad_choice_exits_2(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["placement-sim", "--trace", "x", "--domain", "vm", "--policy", "worst-fit"])
+    assert e.value.code == 2

@@ -1,0 +1,133 @@
+"""Policies on hand-made cases whose best host is known; capacity is never exceeded."""
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from flashkit.placement import POLICIES, LifetimeModel, PlacementEngine, Predictor, make_policy
+
+MODEL = LifetimeModel(np.arange(1.0, 101.0), np.zeros(100, np.int64))
+
+
+def engine(policy, n_hosts, cpu, mem, ends, starts=None):
+    """Items with oracle lifetimes, so each one's predicted remaining time is known exactly."""
+    n = len(cpu)
+    pred = Predictor(MODEL, "oracle")
+    pred.bind(np.zeros(n, np.int64), np.zeros(n) if starts is None else starts,
+              np.asarray(ends, float))
+    return PlacementEngine(n_hosts, make_policy(policy), pred, cpu, mem, r0=1.0)
+
+
+def test_first_and_best_fit():
+    # hosts 0, 1, 2 left with 0.5, 0.25, 0.75 free; an item of 0.25 fits all three
+    cpu = [0.5, 0.75, 0.25, 0.25]
+    for policy, want in (("first-fit", 0), ("best-fit", 1)):
+        e = engine(policy, 3, cpu, cpu, [10.0] * 4)
+        for item, h in ((0, 0), (1, 1), (2, 2)):
+            e.assign(item, h, 0.0)
+        assert e.place(3, 0.0) == want
+
+
+def test_best_fit_weighs_both_resources():
+    # host 0: 0.5 cpu / 0.125 mem free, host 1: 0.25 / 0.5; item (0.25, 0.125): host 0 leaves
+    # 0.25 + 0 free, host 1 leaves 0 + 0.375: best fit takes host 0
+    e = engine("best-fit", 2, [0.5, 0.75, 0.25], [0.875, 0.5, 0.125], [10.0] * 3)
+    e.assign(0, 0, 0.0)
+    e.assign(1, 1, 0.0)
+    assert e.place(2, 0.0) == 0
+
+
+def test_lava_puts_long_items_where_they_extend_nothing():
+    # equal fill; host 0 empties at t=2, host 1 is anchored by an item living to t=100
+    cpu = [0.5, 0.5, 0.25, 0.25]
+    for policy, long_to in (("best-fit", 0), ("lava", 1), ("lars", 1)):
+        e = engine(policy, 3, cpu, cpu, [2.0, 100.0, 60.0, 1.5])
+        e.assign(0, 0, 0.0)
+        e.assign(1, 1, 0.0)
+        assert e.place(2, 0.0) == long_to, policy      # lives to 60
+    e = engine("lava", 3, cpu, cpu, [2.0, 100.0, 60.0, 1.5])
+    e.assign(0, 0, 0.0)
+    e.assign(1, 1, 0.0)
+    assert e.place(3, 0.0) == 0                         # short item: both ext 0, lowest id
+
+
+def test_nilas_groups_similar_exit_times():
+    cpu = [0.25, 0.25, 0.25]
+    e = engine("nilas", 3, cpu, cpu, [3.0, 100.0, 90.0])
+    e.assign(0, 0, 0.0)
+    e.assign(1, 1, 0.0)
+    assert e.place(2, 0.0) == 1
+    e = engine("nilas", 3, cpu, cpu, [3.0, 100.0, 2.5])
+    e.assign(0, 0, 0.0)
+    e.assign(1, 1, 0.0)
+    assert e.place(2, 0.0) == 0
+
+
+def test_misprediction_is_corrected_by_reprediction():
+    # one-shot: a survivor past its predicted lifetime makes its host look about to empty
+    rng = np.random.default_rng(0)
+    life = 1 + rng.pareto(1.5, 20_000)
+    m = LifetimeModel(life, np.zeros(life.size, np.int64))
+    for mode, cls in (("one-shot", 0), ("repredict", 7)):
+        p = Predictor(m, mode, age0=0.01)
+        p.bind(np.zeros(1, np.int64), np.zeros(1), np.full(1, np.inf))
+        e = PlacementEngine(1, make_policy("lava"), p, [0.5], [0.5], r0=1.0)
+        e.assign(0, 0, 0.0)
+        e.refresh(60.0)     # age 60: Pareto remaining t / (alpha - 1) = 120, class 1 + log2 = 7
+        assert e.host_cls[0] == cls, mode
+
+
+def test_lars_waits_for_short_items_and_moves_long_first():
+    e = engine("lars", 2, [0.1] * 4, [0.1] * 4, [5.0, 100.0, 1.0, 50.0])
+    move, wait = make_policy("lars").drain_order(e, [0, 1, 2, 3], 0.0, 10.0, None)
+    assert move == [1, 3] and wait == [0, 2]
+    move, wait = make_policy("best-fit").drain_order(e, [0, 1, 2, 3], 0.0, 10.0,
+                                                     np.random.default_rng(0))
+    assert sorted(move) == [0, 1, 2, 3] and wait == []
+
+
+def test_no_room_returns_minus_one():
+    e = engine("best-fit", 1, [0.75, 0.5], [0.25, 0.25], [5.0, 5.0])
+    assert e.place(0, 0.0) == 0
+    assert e.place(1, 0.0) == -1
+
+
+@settings(max_examples=40, deadline=None)
+@given(policy=st.sampled_from(sorted(POLICIES)), n_hosts=st.integers(1, 6),
+       ops=st.lists(st.tuples(st.integers(1, 64), st.integers(0, 64), st.floats(0.1, 50)),
+                    min_size=1, max_size=60),
+       seed=st.integers(0, 2**16))
+def test_capacity_never_exceeded(policy, n_hosts, ops, seed):
+    rng = np.random.default_rng(seed)
+    cpu = np.array([o[0] for o in ops]) / 64
+    mem = np.array([o[1] for o in ops]) / 64
+    starts = np.cumsum(rng.uniform(0, 2, len(ops)))
+    ends = starts + np.array([o[2] for o in ops])
+    e = engine(policy, n_hosts, cpu, mem, ends, starts)
+    for i in range(len(ops)):
+        now = starts[i]
+        for j in range(i):
+            if e.item_host[j] >= 0 and ends[j] <= now:
+                e.release(j, now)
+        if i % 7 == 3:
+            e.refresh(now)
+        h = e.place(i, now)
+        if h < 0:       # refused only when no host has room
+            assert not any(e.free0[k] >= cpu[i] - 1e-9 and e.free1[k] >= mem[i] - 1e-9
+                           for k in range(n_hosts))
+        e.check()
+
+
+def test_engine_bad_inputs():
+    p = Predictor(MODEL)
+    with pytest.raises(ValueError, match="predictor"):
+        PlacementEngine(2, make_policy("lava"), p, [0.5], [0.5])
+    p.bind(np.zeros(1, np.int64), np.zeros(1), np.ones(1))
+    with pytest.raises(ValueError, match="need0"):
+        PlacementEngine(2, make_policy("lava"), p, [1.5], [0.5])
+    with pytest.raises(ValueError, match="n_hosts"):
+        PlacementEngine(0, make_policy("lava"), p, [0.5], [0.5])
+    with pytest.raises(ValueError, match="policy"):
+        make_policy("worst-fit")
+    with pytest.raises(TypeError, match="policy"):
+        PlacementEngine(2, "lava", p, [0.5], [0.5])
