@@ -11,12 +11,20 @@ import json
 import os
 
 _ENV = "FLASHKIT_GPUCHECK_TESTLOG"
+_is_xdist_worker = False
+
+
+def pytest_configure(config):
+    # xdist gives its workers a `workerinput`; PYTEST_XDIST_WORKER is no test of that, since a
+    # pytest started from inside a worker (a test that runs pytest) inherits the variable.
+    global _is_xdist_worker
+    _is_xdist_worker = hasattr(config, "workerinput")
 
 
 def pytest_runtest_logreport(report):
     path = os.environ.get(_ENV)
     # xdist workers see their own reports too: only the controller (or a plain run) writes.
-    if not path or os.environ.get("PYTEST_XDIST_WORKER"):
+    if not path or _is_xdist_worker:
         return
     # One line per test: its call phase, or the setup/teardown phase that failed or skipped it.
     if report.when != "call" and report.passed:
