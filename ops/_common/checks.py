@@ -47,3 +47,11 @@ def check_int(name: str, value, lo: int, hi: int = INT32_MAX) -> int:
     if not lo <= v <= hi:
         raise ValueError(f"{name} must be in [{lo}, {hi}], got {v}")
     return v
+
+
+def host_checks_enabled() -> bool:
+    """Whether a check that reads device values on the host (one sync) may run: not while
+    torch.compile traces, nor while a CUDA graph captures (a sync would end the capture)."""
+    if torch.compiler.is_compiling():
+        return False
+    return not (torch.cuda.is_available() and torch.cuda.is_current_stream_capturing())

@@ -12,11 +12,13 @@ import numpy as np
 import torch
 
 from .._common.checks import check_int, check_tensor
-from .checks import (KV_DTYPES, as_dtype, attn_backend, check_heads, check_indptr, check_layout,
-                     check_outputs, check_page_table, check_run_inputs, check_scalars,
+from .checks import (KV_DTYPES, MAX_HEAD_DIM, as_dtype, attn_backend, check_heads, check_indptr,
+                     check_layout,
+                     check_outputs, check_run_inputs, check_scalars,
                      check_single_kv)
 from .index_tensors import int32, items_tensor
 from .kv_views import kv_views
+from .page_table import PageTable
 from .plan import AttentionPlan
 from .run_op import launch
 from .graph import PrefillGraphBuffers, check_graph_buffer
@@ -38,7 +40,8 @@ def check_mask(custom_mask, qo_ptr, kv_lens, device):
     if custom_mask.numel() != int(sizes.sum()):
         raise ValueError(f"custom_mask must hold sum(qo_len * kv_len) = {int(sizes.sum())} "
                          f"booleans, got {custom_mask.numel()}")
-    return custom_mask.reshape(-1).contiguous().view(torch.uint8), np.cumsum([0, *sizes])
+    # A copy, as the page table's: run() reads what plan() was given, not the caller's tensor.
+    return custom_mask.reshape(-1).view(torch.uint8).clone(), np.cumsum([0, *sizes])
 
 
 def single_prefill_with_kv_cache(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
@@ -120,7 +123,7 @@ class _PrefillWrapper(PlannedWrapper):
     def _common(self, qo_indptr, num_qo_heads, num_kv_heads, head_dim, causal, window_left,
                 logits_soft_cap, sm_scale, q_data_type, kv_data_type, variant):
         check_heads(num_qo_heads, num_kv_heads)
-        head_dim = check_int("head_dim", head_dim, 1, 512)
+        head_dim = check_int("head_dim", head_dim, 1, MAX_HEAD_DIM)
         qo_ptr = check_indptr("qo_indptr", qo_indptr)
         window_left, soft_cap, sm_scale = check_scalars(window_left, logits_soft_cap, sm_scale,
                                                         head_dim)
@@ -230,16 +233,13 @@ class BatchPrefillWithPagedKVCacheWrapper(_PrefillWrapper):
         kw, qo_ptr = self._common(qo_indptr, num_qo_heads, num_kv_heads, head_dim_qk, causal,
                                   window_left, logits_soft_cap, sm_scale, q_data_type,
                                   kv_data_type, variant)
-        table = (paged_kv_indptr, paged_kv_indices, paged_kv_last_page_len)
-        kv_lens, max_page = check_page_table(
-            *table, page_size, ("paged_kv_indptr", "paged_kv_indices", "paged_kv_last_page_len"))
-        dev = self.device
-        kv = {} if self._graph is not None else dict(
-            kv_indptr=paged_kv_indptr.to(dev, non_blocking=True),
-            kv_indices=paged_kv_indices.to(dev, non_blocking=True))
+        table = PageTable.check(
+            paged_kv_indptr, paged_kv_indices, paged_kv_last_page_len, page_size,
+            ("paged_kv_indptr", "paged_kv_indices", "paged_kv_last_page_len"))
+        kv = {} if self._graph is not None else table.copies(self.device)
         self._plan = AttentionPlan(
-            paged=True, page_size=page_size, max_page=max_page, **kv,
-            **self._finish(qo_ptr, kv_lens, custom_mask, table, non_blocking, **kw))
+            paged=True, page_size=page_size, max_page=table.max_page, **kv,
+            **self._finish(qo_ptr, table.kv_lens, custom_mask, table, non_blocking, **kw))
 
     begin_forward = plan
 

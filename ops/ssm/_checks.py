@@ -57,6 +57,12 @@ def check_cu_seqlens(cu_seqlens, batch: int, seqlen: int, device) -> list[int] |
     return cu
 
 
+def _holds_bool(x) -> bool:
+    if isinstance(x, (list, tuple)):
+        return any(_holds_bool(e) for e in x)
+    return isinstance(x, bool) or getattr(getattr(x, "dtype", None), "kind", "") == "b"
+
+
 def check_positions(positions, lengths: list[int]) -> torch.Tensor | None:
     """checkpoint_positions: [K] or [num_seqs, K] ints (a tensor or a list), each in
     [0, seqlen of its sequence] or -1 (unused). Returns int64 [num_seqs, K] on the CPU."""
@@ -68,10 +74,19 @@ def check_positions(positions, lengths: list[int]) -> torch.Tensor | None:
             raise ValueError(f"{name} must be int32/int64, got {positions.dtype}")
         pos = positions.detach().to("cpu", torch.int64)
     else:
+        # Converted as they are, then checked: as_tensor(dtype=int64) would truncate 1.5 to 1
+        # (and [0, True] converts to int64 silently, so bools are looked for first).
+        if _holds_bool(positions):
+            raise ValueError(f"{name} must hold ints, got a bool in {positions!r}")
         try:
-            pos = torch.as_tensor(positions, dtype=torch.int64)
-        except (TypeError, ValueError, RuntimeError) as e:
+            pos = torch.as_tensor(positions)
+        except (TypeError, ValueError, RuntimeError, OverflowError) as e:
             raise ValueError(f"{name} must be a tensor or a list of ints: {e}") from None
+        if pos.numel() and pos.dtype not in (torch.int64, torch.int32, torch.int16, torch.int8,
+                                             torch.uint8):
+            raise ValueError(f"{name} must hold ints, got {pos.dtype} values "
+                             f"{pos.flatten()[:4].tolist()}")
+        pos = pos.to(torch.int64)
     n = len(lengths)
     if pos.dim() == 1:
         pos = pos[None, :].expand(n, -1)
