@@ -2,7 +2,8 @@
 //
 // The math is ops/attention/reference.py's: s_max = max_i s_i; w_i = exp2(s_i - s_max);
 // v = sum_i w_i v_i / sum_i w_i; s = s_max + log2(sum_i w_i); a row whose states are all empty
-// (s_max = -inf) gives v = 0, s = -inf; +inf states share the weight (s = +inf). Accumulation is in float, v is rounded once on store.
+// (s_max = -inf) gives v = 0, s = -inf; +inf states share the weight (s = +inf). Accumulation
+// is in float, v is rounded once on store.
 //
 // Layout: a row is one (seq, head). blockDim.x = kHeadDim / kVec threads share a row, each
 // owning kVec contiguous elements (16 bytes when the launcher could pick the full width);

@@ -34,6 +34,12 @@ def check_tensor(name: str, t, *, dtypes=None, ndim: int | None = None, shape=No
                          f"got strides {tuple(t.stride())}")
 
 
+def check_readable(name: str, t: torch.Tensor) -> None:
+    """A tensor whose values the host reads (page tables, lengths, ids): not a meta tensor."""
+    if t.is_meta:
+        raise ValueError(f"{name} must hold values (a CPU or device tensor), got a meta tensor")
+
+
 def check_int(name: str, value, lo: int, hi: int = INT32_MAX) -> int:
     """A Python (or numpy) int in [lo, hi], returned as an int; bools are refused. The default
     bound is int32's: positions and counts reach the kernels as int32."""

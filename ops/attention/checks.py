@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from .._common.backends import resolve_backend
-from .._common.checks import INT32_DTYPES, check_int, check_tensor
+from .._common.checks import INT32_DTYPES, check_int, check_readable, check_tensor
 from .plan import AttentionPlan
 
 KV_DTYPES = (torch.float16, torch.bfloat16)
@@ -120,6 +120,7 @@ def unpack_paged_cache(paged_kv_cache, kv_layout: str, kv_dtypes=KV_DTYPES):
 
 def check_indptr(name, indptr, n_rows: int | None = None) -> np.ndarray:
     check_tensor(name, indptr, dtypes=INDEX_DTYPES, ndim=1)
+    check_readable(name, indptr)
     ptr = indptr.cpu().numpy().astype(np.int64)
     if ptr.size < 1 or ptr[0] != 0:
         raise ValueError(f"{name} must start at 0 and have batch + 1 entries")

@@ -14,7 +14,8 @@ import numpy as np
 import torch
 
 from .._common.checks import check_int, check_tensor
-from .checks import (DECODE_KV_DTYPES, FP8_KV_DTYPES, KV_DTYPES, MAX_HEAD_DIM, as_dtype, attn_backend,
+from .checks import (DECODE_KV_DTYPES, FP8_KV_DTYPES, KV_DTYPES, MAX_HEAD_DIM, as_dtype,
+                     attn_backend,
                      check_heads, check_layout, check_outputs, check_run_inputs,
                      check_scalars, check_single_kv, unpack_paged_cache)
 from .decode_cuda import SUPPORTED_HEAD_DIMS as CUDA_HEAD_DIMS

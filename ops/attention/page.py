@@ -40,7 +40,7 @@ def get_batch_indices_positions(append_indptr: torch.Tensor, seq_lens: torch.Ten
                  device=append_indptr.device)
     nnz = check_int("nnz", nnz, 0)
     counts = (append_indptr[1:] - append_indptr[:-1]).long()
-    if host_checks_enabled():
+    if host_checks_enabled() and not append_indptr.is_meta:
         _check_append_indptr(append_indptr, counts, seq_lens, nnz)
     batch = torch.repeat_interleave(torch.arange(counts.shape[0], device=counts.device), counts,
                                     output_size=nnz)
@@ -176,7 +176,7 @@ def append_paged_kv_cache(append_key: torch.Tensor, append_value: torch.Tensor,
         check_tensor(name, t, dtypes=INDEX_DTYPES, ndim=1, shape=shape, device=dev)
     check_tensor("kv_last_page_len", kv_last_page_len, dtypes=INDEX_DTYPES,
                  shape=(kv_indptr.shape[0] - 1,), device=dev)
-    if host_checks_enabled():
+    if host_checks_enabled() and not k_cache.is_meta:  # meta: nothing is read or written
         page_size = k_cache.shape[1]
         _check_append_targets(batch_indices, positions, kv_indices, kv_indptr, kv_last_page_len,
                               page_size, k_cache.shape[0])

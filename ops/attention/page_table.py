@@ -12,7 +12,7 @@ import dataclasses
 
 import numpy as np
 
-from .._common.checks import INT32_DTYPES, check_tensor
+from .._common.checks import INT32_DTYPES, check_readable, check_tensor
 from .index_tensors import int32
 
 _NAMES = ("indptr", "indices", "last_page_len")
@@ -52,6 +52,8 @@ class PageTable:
         check_tensor(n_ptr, indptr, dtypes=INT32_DTYPES, ndim=1)
         check_tensor(n_idx, indices, dtypes=INT32_DTYPES, ndim=1)
         check_tensor(n_last, last_page_len, dtypes=INT32_DTYPES, ndim=1)
+        for name, t in ((n_ptr, indptr), (n_idx, indices), (n_last, last_page_len)):
+            check_readable(name, t)
         ptr = indptr.cpu().numpy().astype(np.int64)
         idx = indices.cpu().numpy().astype(np.int64)
         last = last_page_len.cpu().numpy().astype(np.int64)

@@ -14,6 +14,7 @@ import flashkit.ops.attention as A
 from flashkit.ops.attention import reference
 
 from .framework import Case, table, tried_example
+from .mutations import check_mutation, mutation_args
 
 HQ, HK, D, PS = 4, 2, 16, 4
 F16 = torch.float16
@@ -197,7 +198,8 @@ test_single = table([
     Case("decode-empty-kv", sd(k=K[:0], v=V[:0], return_lse=True), None, r"-inf"),
     Case("prefill-mask-shape", sp(custom_mask=torch.ones(2, 5, dtype=torch.bool)), ValueError,
          r"custom_mask must have shape \(3, 5\)"),
-    Case("prefill-mask-dtype", sp(custom_mask=torch.ones(3, 5)), ValueError, r"custom_mask must be bool"),
+    Case("prefill-mask-dtype", sp(custom_mask=torch.ones(3, 5)), ValueError,
+         r"custom_mask must be bool"),
 ])
 
 
@@ -252,9 +254,12 @@ test_decode_wrapper = table([
          r"indices reach page 3 but paged_kv_cache has only 3"),
     Case("run-cache-heads", drun(cache=torch.zeros(6, 2, PS, 1, D, dtype=F16)), ValueError,
          r"paged_kv_cache must hold pages"),
-    Case("run-cache-tuple-3", drun(cache=(CACHE[:, 0],) * 3), ValueError, r"paged_kv_cache as a tuple"),
-    Case("run-out-shape", drun(out=torch.zeros(1, HQ, D, dtype=F16)), ValueError, r"out must have shape"),
-    Case("run-lse-dtype", drun(lse=torch.zeros(2, HQ, dtype=F16)), ValueError, r"lse must be float32"),
+    Case("run-cache-tuple-3", drun(cache=(CACHE[:, 0],) * 3), ValueError,
+         r"paged_kv_cache as a tuple"),
+    Case("run-out-shape", drun(out=torch.zeros(1, HQ, D, dtype=F16)), ValueError,
+         r"out must have shape"),
+    Case("run-lse-dtype", drun(lse=torch.zeros(2, HQ, dtype=F16)), ValueError,
+         r"lse must be float32"),
     Case("run-k-scale-nan", drun(k_scale=math.nan), ValueError, r"k_scale"),
 ])
 
@@ -355,3 +360,69 @@ def test_plan_page_table_property(lens_raw, poke):
                                                     [(k.float(), v.float()) for k, v in kv])
     torch.testing.assert_close(got.float(), ref.float(), atol=4e-3, rtol=4e-3)
 
+
+
+# -- every attention op, one bad tensor at a time (tests/robustness/mutations.py) --
+
+def _decode_batch(indptr, indices, last_page_len, q, paged_kv_cache):
+    w = decode_wrapper()
+    decode_plan(w, indptr, indices, last_page_len)
+    return w.run(q=q, paged_kv_cache=paged_kv_cache)
+
+
+def _prefill_batch(qo_indptr, indptr, indices, last_page_len, q, paged_kv_cache):
+    w = A.BatchPrefillWithPagedKVCacheWrapper(workspace(), "NHD", backend="torch")
+    w.plan(qo_indptr=qo_indptr, paged_kv_indptr=indptr, paged_kv_indices=indices,
+           paged_kv_last_page_len=last_page_len, num_qo_heads=HQ, num_kv_heads=HK,
+           head_dim_qk=D, page_size=PS, causal=True, q_data_type=F16)
+    return w.run(q=q, paged_kv_cache=paged_kv_cache)
+
+
+def _append(**kw):
+    A.append_paged_kv_cache(**kw)
+    return kw["paged_kv_cache"]
+
+
+def _batch_kwargs(prefill=False):
+    cache, indptr, indices, last = table_of([5, 8])
+    kw = dict(indptr=indptr, indices=indices, last_page_len=last, paged_kv_cache=cache,
+              q=torch.randn(5 if prefill else 2, HQ, D,
+                            generator=torch.Generator().manual_seed(2)).to(F16))
+    if prefill:
+        kw["qo_indptr"] = T(0, 2, 5)
+    return kw
+
+
+def _append_kwargs():
+    cache, indptr, indices, last = table_of([5, 8])
+    key = torch.ones(2, HK, D, dtype=F16)
+    return dict(append_key=key, append_value=-key, batch_indices=T(0, 1), positions=T(4, 7),
+                paged_kv_cache=cache, kv_indices=indices, kv_indptr=indptr,
+                kv_last_page_len=last)
+
+
+def _single_kwargs(qo):
+    """qo=0: decode's q [HQ, D]; else prefill's [qo, HQ, D]."""
+    q, k, v = qkv(qo=max(qo, 1))
+    return dict(q=q if qo else q[0], k=k, v=v, backend="torch")
+
+
+OPS = {
+    "single_decode": (A.single_decode_with_kv_cache, lambda: _single_kwargs(0)),
+    "single_prefill": (A.single_prefill_with_kv_cache, lambda: _single_kwargs(3)),
+    "batch_decode": (_decode_batch, _batch_kwargs),
+    "batch_prefill": (_prefill_batch, lambda: _batch_kwargs(prefill=True)),
+    "append_paged_kv_cache": (_append, _append_kwargs),
+    "get_batch_indices_positions": (A.get_batch_indices_positions, lambda: dict(
+        append_indptr=T(0, 2, 3), seq_lens=T(4, 1), nnz=3)),
+}
+
+
+@settings(max_examples=150, deadline=None, database=None)
+@given(st.sampled_from(sorted(OPS)), st.data())
+def test_attention_mutation_property(op, data):
+    call, make = OPS[op]
+    tensors = [k for k, v in make().items() if isinstance(v, torch.Tensor)]
+    name, how, dim = data.draw(mutation_args(tensors))
+    if check_mutation(call, make, name, how, dim):
+        tried_example()

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from flashkit.ops.attention import merge_state, merge_state_in_place, merge_states
 
 from .framework import Case, table, tried_example
+from .mutations import check_mutation, mutation_args
 
 BACKENDS = ["torch", "triton"]
 INF = math.inf

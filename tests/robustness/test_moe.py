@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from flashkit.ops.moe import FusedMoE, fused_moe, fused_topk, moe_align_block_size
 
 from .framework import Case, table, tried_example
+from .mutations import check_mutation, mutation_args
 
 BACKENDS = ["torch", "triton"]
 NAN, INF = math.nan, math.inf
@@ -136,7 +137,8 @@ test_routing = table([
     Case("topk-groups-alone", topk(num_expert_groups=2), ValueError, r"must be given together"),
     Case("topk-groups-divide", topk(num_expert_groups=3, topk_group=1), ValueError,
          r"num_expert_groups \(3\) must divide"),
-    Case("topk-group-past", topk(num_expert_groups=2, topk_group=3), ValueError, r"topk_group must"),
+    Case("topk-group-past", topk(num_expert_groups=2, topk_group=3), ValueError,
+         r"topk_group must"),
     Case("topk-backend", topk(backend="cutlass"), ValueError, r"backend must be one of"),
     Case("align-block-2**40", align(block_size=2**40), ValueError, r"block_size must be in"),
     Case("align-block-zero", align(block_size=0), ValueError, r"block_size must be in"),
@@ -170,3 +172,33 @@ test_fused_moe_constructor = table([
     Case("forward-wrong-hidden", lambda: FusedMoE(4, 2, 16, 32)(torch.randn(2, 8)), ValueError,
          r"hidden_size=16"),
 ])
+
+
+def _g(*shape, seed=0):
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
+
+
+OPS = {
+    "fused_topk": (fused_topk, lambda: dict(gating_logits=_g(3, 8), topk=2, backend="torch")),
+    "fused_topk_bias": (fused_topk, lambda: dict(gating_logits=_g(3, 8), topk=2,
+                                                 correction_bias=_g(8, seed=1),
+                                                 num_expert_groups=2, topk_group=1,
+                                                 backend="torch")),
+    "moe_align_block_size": (moe_align_block_size, lambda: dict(topk_ids=IDS.clone(),
+                                                                block_size=4, num_experts=8)),
+    "fused_moe": (fused_moe, lambda: dict(hidden_states=_g(3, 16), w1=_g(8, 64, 16, seed=1),
+                                          w2=_g(8, 16, 32, seed=2),
+                                          topk_weights=torch.ones(3, 2), topk_ids=IDS.clone(),
+                                          backend="torch")),
+}
+
+
+@settings(max_examples=120, deadline=None, database=None)
+@given(st.sampled_from(sorted(OPS)), st.data())
+def test_moe_mutation_property(op, data):
+    """Every MoE op, one bad tensor at a time (tests/robustness/mutations.py)."""
+    call, make = OPS[op]
+    tensors = [k for k, v in make().items() if isinstance(v, torch.Tensor)]
+    name, how, dim = data.draw(mutation_args(tensors))
+    if check_mutation(call, make, name, how, dim):
+        tried_example()

@@ -12,6 +12,7 @@ from flashkit.ops.optim import apollo_fused_update
 from flashkit.optim import APOLLO, APOLLOMini
 
 from .framework import Case, table, tried_example
+from .mutations import check_mutation, mutation_args
 
 INF, NAN = math.inf, math.nan
 META = torch.device("meta")

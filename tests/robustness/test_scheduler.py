@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from flashkit.ops.scheduler import plan_split_kv
 
 from .framework import Case, table, tried_example
+from .mutations import check_mutation, mutation_args
 
 PROPERTY = settings(max_examples=80, deadline=None, database=None)
 

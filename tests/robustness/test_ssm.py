@@ -12,6 +12,7 @@ from flashkit.ops.ssm import (causal_conv1d, causal_conv1d_update, chunk_ssd_sca
                               selective_state_update)
 
 from .framework import Case, table, tried_example
+from .mutations import check_mutation, mutation_args
 
 META = torch.device("meta")
 PROPERTY = settings(max_examples=40, deadline=None, database=None)
@@ -129,7 +130,8 @@ test_conv = table([
     Case("weight-3d", conv(weight=torch.randn(4, 3, 1)), ValueError, r"weight"),
     Case("weight-dim", conv(weight=torch.randn(5, 3)), ValueError, r"weight"),
     Case("activation", conv(activation="relu"), ValueError, r"activation"),
-    Case("x-meta", conv(x=torch.randn(1, 4, L, device=META)), ValueError, r"weight must be on meta"),
+    Case("x-meta", conv(x=torch.randn(1, 4, L, device=META)), ValueError,
+         r"weight must be on meta"),
     Case("update-state-short", conv_update(conv_state=torch.zeros(2, 4, 1)), ValueError,
          r"conv_state"),
     Case("update-indices-past", conv_update(conv_state_indices=torch.tensor([0, 5])), ValueError,
@@ -162,3 +164,55 @@ def test_checkpoint_positions_property(raw):
         _, last = chunk_ssd_scan(**short, chunk_size=16, return_final_states=True,
                                  backend="torch")
         torch.testing.assert_close(ckpt[0, k], last[0], atol=1e-5, rtol=1e-5)
+
+
+
+def _update_kwargs():
+    g = torch.Generator().manual_seed(0)
+    return dict(state=torch.zeros(3, H, P, N), x=torch.randn(2, H, P, generator=g),
+                dt=torch.rand(2, H, generator=g), A=-torch.rand(H, generator=g),
+                B=torch.randn(2, G, N, generator=g), C=torch.randn(2, G, N, generator=g),
+                D=torch.randn(H, generator=g), state_batch_indices=torch.tensor([2, 0]),
+                backend="torch")
+
+
+def _conv_kwargs():
+    g = torch.Generator().manual_seed(0)
+    return dict(x=torch.randn(1, 4, L, generator=g), weight=torch.randn(4, 3, generator=g),
+                bias=torch.randn(4, generator=g), initial_states=torch.randn(1, 4, 2, generator=g),
+                backend="torch")
+
+
+def _conv_update_kwargs():
+    g = torch.Generator().manual_seed(0)
+    return dict(x=torch.randn(2, 4, generator=g), conv_state=torch.randn(3, 4, 2, generator=g),
+                weight=torch.randn(4, 3, generator=g), conv_state_indices=torch.tensor([2, 0]),
+                backend="torch")
+
+
+def _with_ckpt(make):
+    def kwargs():
+        kw = make()
+        kw["checkpoint_positions"] = torch.tensor([0, 3])
+        return kw
+    return kwargs
+
+
+OPS = {
+    "chunk_ssd_scan": (chunk_ssd_scan, _with_ckpt(ssd_inputs)),
+    "selective_scan": (selective_scan, _with_ckpt(scan_inputs)),
+    "selective_state_update": (selective_state_update, _update_kwargs),
+    "causal_conv1d": (causal_conv1d, _conv_kwargs),
+    "causal_conv1d_update": (causal_conv1d_update, _conv_update_kwargs),
+}
+
+
+@settings(max_examples=150, deadline=None, database=None)
+@given(st.sampled_from(sorted(OPS)), st.data())
+def test_ssm_mutation_property(op, data):
+    """Every SSM op, one bad tensor at a time (tests/robustness/mutations.py)."""
+    call, make = OPS[op]
+    tensors = [k for k, v in make().items() if isinstance(v, torch.Tensor)]
+    name, how, dim = data.draw(mutation_args(tensors))
+    if check_mutation(call, make, name, how, dim):
+        tried_example()
