@@ -116,3 +116,39 @@ test_merge_state_inputs = table([
          r"mask must have shape"),
     Case("in-place-other-meta", in_place(v_other=VB.to(META)), ValueError, r"v_other must be on"),
 ])
+
+
+def _pair_kwargs():
+    v, s = states(seed=5)
+    return dict(v_a=v[:, 0].contiguous(), s_a=s[:, 0].contiguous(), v_b=v[:, 1].contiguous(),
+                s_b=s[:, 1].contiguous(), backend="torch")
+
+
+def _in_place(**kw):
+    merge_state_in_place(**kw)
+    return kw["v"], kw["s"]
+
+
+def _in_place_kwargs():
+    kw = _pair_kwargs()
+    return dict(v=kw["v_a"], s=kw["s_a"], v_other=kw["v_b"], s_other=kw["s_b"],
+                mask=torch.tensor([True, False, True, True]), backend="torch")
+
+
+OPS = {
+    "merge_state": (merge_state, _pair_kwargs),
+    "merge_states": (merge_states, lambda: dict(zip(("v", "s"), states(n=3, seed=6)),
+                                                backend="torch")),
+    "merge_state_in_place": (_in_place, _in_place_kwargs),
+}
+
+
+@settings(max_examples=100, deadline=None, database=None)
+@given(st.sampled_from(sorted(OPS)), st.data())
+def test_merge_mutation_property(op, data):
+    """Every merge op, one bad tensor at a time (tests/robustness/mutations.py)."""
+    call, make = OPS[op]
+    tensors = [k for k, v in make().items() if isinstance(v, torch.Tensor)]
+    name, how, dim = data.draw(mutation_args(tensors))
+    if check_mutation(call, make, name, how, dim):
+        tried_example()

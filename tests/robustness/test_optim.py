@@ -128,3 +128,26 @@ def test_hparam_property(name, value):
         p.grad = torch.randn_like(p)
     opt.step()
     assert int(opt.state[ps[0]]["step"]) == 1
+
+
+def _update(**kw):
+    apollo_fused_update(**kw)
+    return kw["param"], kw["exp_avg"], kw["exp_avg_sq"], kw["limiter_norm"]
+
+
+def _update_kwargs():
+    g = torch.Generator().manual_seed(0)
+    return dict(param=torch.randn(6, 10, generator=g), grad=torch.randn(6, 10, generator=g),
+                proj_grad=torch.randn(2, 10, generator=g), exp_avg=torch.zeros(2, 10),
+                exp_avg_sq=torch.zeros(2, 10), limiter_norm=torch.zeros(2), step=1, lr=1e-3,
+                backend="torch")
+
+
+@settings(max_examples=100, deadline=None, database=None)
+@given(st.data())
+def test_apollo_update_mutation_property(data):
+    """apollo_fused_update, one bad tensor at a time (tests/robustness/mutations.py)."""
+    tensors = [k for k, v in _update_kwargs().items() if isinstance(v, torch.Tensor)]
+    name, how, dim = data.draw(mutation_args(tensors))
+    if check_mutation(_update, _update_kwargs, name, how, dim):
+        tried_example()

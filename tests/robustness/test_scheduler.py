@@ -69,3 +69,19 @@ def test_plan_tiles_every_request(lens, workers, page_size, min_chunk, overhead)
     items = np.sort(p.worker_items.numpy())
     assert np.array_equal(items, np.arange(len(req)))
     assert p.worker_indptr[-1] == len(req) and (np.diff(p.worker_indptr.numpy()) >= 0).all()
+
+
+def _plan(**kw):
+    p = plan_split_kv(**kw)
+    return p.request, p.kv_start, p.kv_end, p.merge_indptr, p.worker_items
+
+
+@settings(max_examples=60, deadline=None, database=None)
+@given(st.data())
+def test_plan_mutation_property(data):
+    """plan_split_kv's kv_lens tensor, mutated (tests/robustness/mutations.py)."""
+    make = lambda: dict(kv_lens=torch.tensor([100, 0, 7, 300]), num_workers=4,  # noqa: E731
+                        backend="python")
+    name, how, dim = data.draw(mutation_args(["kv_lens"]))
+    if check_mutation(_plan, make, name, how, dim):
+        tried_example()
