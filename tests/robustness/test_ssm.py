@@ -1,7 +1,6 @@
 """The SSM ops under bad input: chunk_ssd_scan, selective_scan, selective_state_update,
 causal_conv1d(_update). Regression of issue 17: checkpoint_positions must be integers (1.5 was
 silently truncated to 1)."""
-import math
 
 import pytest
 import torch
