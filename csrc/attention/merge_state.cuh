@@ -2,7 +2,8 @@
 //
 // The math is ops/attention/reference.py's: s_max = max_i s_i; w_i = exp2(s_i - s_max);
 // v = sum_i w_i v_i / sum_i w_i; s = s_max + log2(sum_i w_i); a row whose states are all empty
-// (s_max = -inf) gives v = 0, s = -inf. Accumulation is in float, v is rounded once on store.
+// (s_max = -inf) gives v = 0, s = -inf; +inf states share the weight (s = +inf). Accumulation
+// is in float, v is rounded once on store.
 //
 // Layout: a row is one (seq, head). blockDim.x = kHeadDim / kVec threads share a row, each
 // owning kVec contiguous elements (16 bytes when the launcher could pick the full width);
@@ -39,6 +40,12 @@ constexpr int kMaxBlockThreads = 1024;
 constexpr int kMergeStatesUnroll = 4;
 
 __device__ __forceinline__ float neg_inf() { return __uint_as_float(0xff800000u); }
+
+// exp2(s - m) for a state s against the row's max m, with the state at the max weighing exactly
+// 1: a +inf state then gets 1, not exp2(inf - inf) = NaN, so +inf states share the weight.
+__device__ __forceinline__ float state_weight(float s, float m) {
+  return s == m ? 1.f : exp2f(s - m);
+}
 
 // Row r of the block -> (seq t, head h); false when the row is past the end (tail block).
 __device__ __forceinline__ bool locate_row(int seq_len, int heads, int64& t, int64& h) {
@@ -79,8 +86,8 @@ __device__ __forceinline__ void merge_state(
     const float m = empty ? 0.f : s_max;
     // One of the two weights is exactly 1, so the sum is in [1, 2]: no overflow, no 0/0. An
     // empty row has weights 0 and sum 0; its result is selected away below.
-    const float w_a = exp2f(sa - m);
-    const float w_b = exp2f(sb - m);
+    const float w_a = state_weight(sa, m);
+    const float w_b = state_weight(sb, m);
     const float sum = w_a + w_b;
     const float inv = __frcp_rn(sum);
 #pragma unroll
@@ -136,7 +143,7 @@ __device__ __forceinline__ void merge_states(
         }
 #pragma unroll
         for (int u = 0; u < U; ++u) {
-          w[u] = exp2f(w[u] - s_max);
+          w[u] = state_weight(w[u], s_max);
           sum += w[u];
           float f[kVec];
           x[u].to_float(f);
@@ -145,7 +152,7 @@ __device__ __forceinline__ void merge_states(
         }
       }
       for (; i < num_states; ++i) {
-        const float w = exp2f(p_s[i * s_state] - s_max);
+        const float w = state_weight(p_s[i * s_state], s_max);
         float x[kVec];
         load_float<kVec>(p_v + i * v_state, x);
         sum += w;

@@ -139,6 +139,12 @@ class APOLLO(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        # Before any parameter changes: a scheduler (or a user) may have set a group's lr to
+        # inf or NaN since add_param_group checked it.
+        first = 0
+        for group in self.param_groups:
+            _check_group(group, first)
+            first += len(group["params"])
         index = 0
         for group in self.param_groups:
             plain: dict = {}
@@ -186,7 +192,8 @@ class APOLLO(torch.optim.Optimizer):
         rank = group["rank"]
         state = self.state[p]
         if not state:
-            state["step"] = torch.tensor(0.0)
+            # An int64 count: a float32 one stops advancing at 2**24 steps.
+            state["step"] = torch.tensor(0, dtype=torch.int64)
             # float32 moments for bf16/fp16 parameters too: they are rank/min(m, n) of the size.
             acc = torch.promote_types(p.dtype, torch.float32)
             state["exp_avg"] = torch.zeros(rank, max(rows, cols), dtype=acc, device=p.device)
@@ -234,6 +241,10 @@ class APOLLO(torch.optim.Optimizer):
             if pid in saved and "limiter_norm" in saved[pid]:
                 for key in ("exp_avg", "exp_avg_sq", "limiter_norm"):
                     self.state[p][key] = saved[pid][key].to(device=p.device, copy=True)
+                # Checkpoints written before the count was int64 hold it as float32 (exact
+                # below 2**24, where such a count stops anyway).
+                self.state[p]["step"] = torch.as_tensor(saved[pid]["step"]).to(
+                    device="cpu", dtype=torch.int64, copy=True)
 
 
 class APOLLOMini(APOLLO):
@@ -275,13 +286,13 @@ def apollo_state_bytes(shape: tuple[int, ...], rank: int | None,
                        param_dtype: torch.dtype = torch.float32) -> int:
     """What :func:`optimizer_state_bytes` reports for one parameter of ``shape`` under APOLLO:
     2-D with a rank: moments 2 x rank x max(m, n) and 2 limiter floats in float32 (float64 for
-    float64 parameters), the projection rank x min(m, n) in the parameter's dtype and the float32
+    float64 parameters), the projection rank x min(m, n) in the parameter's dtype and the int64
     step; otherwise AdamW's."""
     if rank is None or len(shape) != 2:
         return adamw_state_bytes(shape, param_dtype)
     elt = torch.empty((), dtype=param_dtype).element_size()
     acc = max(4, elt)
-    return 2 * rank * max(shape) * acc + rank * min(shape) * elt + 2 * acc + 4
+    return 2 * rank * max(shape) * acc + rank * min(shape) * elt + 2 * acc + 8
 
 
 def adamw_state_bytes(shape: tuple[int, ...], param_dtype: torch.dtype = torch.float32) -> int:

@@ -34,6 +34,12 @@ def check_tensor(name: str, t, *, dtypes=None, ndim: int | None = None, shape=No
                          f"got strides {tuple(t.stride())}")
 
 
+def check_readable(name: str, t: torch.Tensor) -> None:
+    """A tensor whose values the host reads (page tables, lengths, ids): not a meta tensor."""
+    if t.is_meta:
+        raise ValueError(f"{name} must hold values (a CPU or device tensor), got a meta tensor")
+
+
 def check_int(name: str, value, lo: int, hi: int = INT32_MAX) -> int:
     """A Python (or numpy) int in [lo, hi], returned as an int; bools are refused. The default
     bound is int32's: positions and counts reach the kernels as int32."""
@@ -47,3 +53,11 @@ def check_int(name: str, value, lo: int, hi: int = INT32_MAX) -> int:
     if not lo <= v <= hi:
         raise ValueError(f"{name} must be in [{lo}, {hi}], got {v}")
     return v
+
+
+def host_checks_enabled() -> bool:
+    """Whether a check that reads device values on the host (one sync) may run: not while
+    torch.compile traces, nor while a CUDA graph captures (a sync would end the capture)."""
+    if torch.compiler.is_compiling():
+        return False
+    return not (torch.cuda.is_available() and torch.cuda.is_current_stream_capturing())

@@ -9,7 +9,7 @@ from .page import append_paged_kv_cache, get_batch_indices_positions
 from .merge_state import merge_state, merge_state_in_place, merge_states
 from .reference import (naive_batch_attention, naive_gather_paged_kv, naive_merge_state,
                         naive_merge_states, naive_single_attention)
-from .variants import AttentionVariant
+from .variants import AttentionVariant, VariantParam
 
 
 def _shipped_specs(arch: str):
@@ -26,7 +26,8 @@ jit.register_shipped("attention", _shipped_specs)
 
 __all__ = ["merge_state", "merge_state_in_place", "merge_states", "naive_merge_state",
            "naive_merge_states", "naive_single_attention", "naive_gather_paged_kv",
-           "naive_batch_attention", "AttentionVariant", "single_decode_with_kv_cache",
+           "naive_batch_attention", "AttentionVariant", "VariantParam",
+           "single_decode_with_kv_cache",
            "BatchDecodeWithPagedKVCacheWrapper", "single_prefill_with_kv_cache",
            "BatchPrefillWithPagedKVCacheWrapper", "BatchPrefillWithRaggedKVCacheWrapper",
            "MultiLevelCascadeAttentionWrapper", "append_paged_kv_cache",

@@ -8,13 +8,14 @@ import numpy as np
 import torch
 
 from .._common.backends import resolve_backend
-from .._common.checks import INT32_DTYPES, check_int, check_tensor
+from .._common.checks import INT32_DTYPES, check_int, check_readable, check_tensor
 from .plan import AttentionPlan
 
 KV_DTYPES = (torch.float16, torch.bfloat16)
 FP8_KV_DTYPES = (torch.float8_e4m3fn,)  # decode's KV cache only, with run(k_scale=, v_scale=)
 DECODE_KV_DTYPES = KV_DTYPES + FP8_KV_DTYPES
 INDEX_DTYPES = INT32_DTYPES
+MAX_HEAD_DIM = 512  # the Triton kernels keep a [tile, head_dim] block in registers
 _DTYPE_NAMES = {"float16": torch.float16, "half": torch.float16, "bfloat16": torch.bfloat16,
                 "float8_e4m3fn": torch.float8_e4m3fn, "e4m3": torch.float8_e4m3fn}
 
@@ -69,6 +70,13 @@ def check_single_kv(q: torch.Tensor, k, v, kv_layout: str, kv_dtypes=()) -> tupl
     of ``kv_dtypes``, the same for both), equal shapes, q's head_dim, num_kv_heads dividing
     num_qo_heads. Returns (kv_len, num_kv_heads)."""
     heads, dim = q.shape[-2], q.shape[-1]
+    # The wrappers' bounds (check_heads, head_dim in plan()): 0 heads or head_dim 0 would divide
+    # by zero in the GQA group and 1/sqrt(head_dim).
+    if heads < 1:
+        raise ValueError(f"q must have num_qo_heads >= 1, got shape {tuple(q.shape)}")
+    if not 1 <= dim <= MAX_HEAD_DIM:
+        raise ValueError(f"q's head_dim must be in [1, {MAX_HEAD_DIM}], got shape "
+                         f"{tuple(q.shape)}")
     for name, t in (("k", k), ("v", v)):
         check_tensor(name, t, dtypes=(q.dtype,) + tuple(kv_dtypes), ndim=3, device=q.device,
                      last_dim_contiguous=True)
@@ -77,6 +85,9 @@ def check_single_kv(q: torch.Tensor, k, v, kv_layout: str, kv_dtypes=()) -> tupl
     if v.shape != k.shape:
         raise ValueError(f"v must have k's shape {tuple(k.shape)}, got {tuple(v.shape)}")
     kv_len, num_kv_heads = k.shape[:2] if kv_layout == "NHD" else (k.shape[1], k.shape[0])
+    if num_kv_heads < 1:
+        raise ValueError(f"k must have num_kv_heads >= 1, got shape {tuple(k.shape)} "
+                         f"({kv_layout})")
     if k.shape[2] != dim:
         raise ValueError(f"k must have head_dim {dim} (q's), got {k.shape[2]}")
     if heads % num_kv_heads:
@@ -107,41 +118,9 @@ def unpack_paged_cache(paged_kv_cache, kv_layout: str, kv_dtypes=KV_DTYPES):
     return k, v
 
 
-def check_page_table(indptr, indices, last_page_len, page_size: int, names=("indptr", "indices",
-                     "last_page_len")) -> tuple[np.ndarray, int]:
-    """Host checks of a CSR page table; returns (kv_lens int64 [batch], max page index or -1).
-    A request without pages is empty (its last_page_len may be 0)."""
-    n_ptr, n_idx, n_last = names
-    check_tensor(n_ptr, indptr, dtypes=INDEX_DTYPES, ndim=1)
-    check_tensor(n_idx, indices, dtypes=INDEX_DTYPES, ndim=1)
-    check_tensor(n_last, last_page_len, dtypes=INDEX_DTYPES, ndim=1)
-    ptr = indptr.cpu().numpy().astype(np.int64)
-    idx = indices.cpu().numpy().astype(np.int64)
-    last = last_page_len.cpu().numpy().astype(np.int64)
-    if ptr.size < 1 or ptr[0] != 0:
-        raise ValueError(f"{n_ptr} must start at 0 and have batch + 1 entries, got "
-                         f"{ptr[:4].tolist()}...")
-    if np.any(np.diff(ptr) < 0):
-        raise ValueError(f"{n_ptr} must be non-decreasing, got a drop at index "
-                         f"{int(np.argmax(np.diff(ptr) < 0))}")
-    if ptr[-1] > idx.size:
-        raise ValueError(f"{n_ptr}[-1] ({int(ptr[-1])}) exceeds the {idx.size} entries of {n_idx}")
-    if last.size != ptr.size - 1:
-        raise ValueError(f"{n_last} must have batch = {ptr.size - 1} entries, got {last.size}")
-    pages = np.diff(ptr)
-    bad = (pages > 0) & ((last < 1) | (last > page_size)) | (pages == 0) & ((last < 0) | (last > page_size))
-    if bad.any():
-        i = int(np.argmax(bad))
-        raise ValueError(f"{n_last}[{i}] must be in [1, page_size={page_size}], got {int(last[i])}")
-    used = idx[:ptr[-1]]
-    if used.size and used.min() < 0:
-        raise ValueError(f"{n_idx} must be non-negative page numbers, got {int(used.min())}")
-    kv_lens = np.where(pages > 0, (pages - 1) * page_size + last, 0)
-    return kv_lens, int(used.max()) if used.size else -1
-
-
 def check_indptr(name, indptr, n_rows: int | None = None) -> np.ndarray:
     check_tensor(name, indptr, dtypes=INDEX_DTYPES, ndim=1)
+    check_readable(name, indptr)
     ptr = indptr.cpu().numpy().astype(np.int64)
     if ptr.size < 1 or ptr[0] != 0:
         raise ValueError(f"{name} must start at 0 and have batch + 1 entries")
@@ -194,4 +173,5 @@ def check_mask(custom_mask, qo_ptr, kv_lens, device):
     if custom_mask.numel() != int(sizes.sum()):
         raise ValueError(f"custom_mask must hold sum(qo_len * kv_len) = {int(sizes.sum())} "
                          f"booleans, got {custom_mask.numel()}")
-    return custom_mask.reshape(-1).contiguous().view(torch.uint8), np.cumsum([0, *sizes])
+    # A copy, as the page table's: run() reads what plan() was given, not the caller's tensor.
+    return custom_mask.reshape(-1).view(torch.uint8).clone(), np.cumsum([0, *sizes])

@@ -14,24 +14,26 @@ import numpy as np
 import torch
 
 from .._common.checks import check_int, check_tensor
-from .checks import (DECODE_KV_DTYPES, FP8_KV_DTYPES, KV_DTYPES, attn_backend, check_heads,
-                     check_layout, check_outputs, check_page_table, check_run_inputs,
-                     check_scalars, check_single_kv)
+from .checks import (DECODE_KV_DTYPES, FP8_KV_DTYPES, KV_DTYPES, MAX_HEAD_DIM, attn_backend,
+                     check_heads, check_layout, check_outputs, check_run_inputs, check_scalars,
+                     check_single_kv)
 from .compat import (as_backend, check_flag, check_one, check_rope, check_scale,
                      check_split_hints, out_dtype, plan_dtypes, refuse, variant_args_of)
 from .decode_cuda import SUPPORTED_HEAD_DIMS as CUDA_HEAD_DIMS
 from .decode_cuda import check_cuda_decode
-from .index_tensors import int32
-from .kv_views import kv_views
-from .plan import AttentionPlan
-from .run_op import launch
 from .forward import DecodeForward
 from .graph import DecodeGraphBuffers, check_graph_buffer
+from .index_tensors import int32
 from .items import default_workers, split_kv_plan
+from .kv_views import kv_views
+from .page_table import PageTable
+from .plan import AttentionPlan
+from .run_op import launch
 from .variants import AttentionVariant
 from .wrapper import PlannedWrapper, refuse_run_extras
 
 __all__ = ["single_decode_with_kv_cache", "BatchDecodeWithPagedKVCacheWrapper"]
+
 
 def check_kv_scales(q_scale, k_scale, v_scale) -> tuple[float, float]:
     """(logits scale, output scale) from FlashInfer's q_scale/k_scale/v_scale (None: 1.0):
@@ -221,7 +223,7 @@ class BatchDecodeWithPagedKVCacheWrapper(DecodeForward, PlannedWrapper):
         2 x its num_workers): a plan that would split into more has its chunks lengthened.
         """
         check_heads(num_qo_heads, num_kv_heads)
-        head_dim = check_int("head_dim", head_dim, 1, 512)
+        head_dim = check_int("head_dim", head_dim, 1, MAX_HEAD_DIM)
         page_size = check_int("page_size", page_size, 1)
         check_rope(pos_encoding_mode, rope_scale, rope_theta)
         check_split_hints(fixed_split_size, disable_split_kv)
@@ -243,7 +245,8 @@ class BatchDecodeWithPagedKVCacheWrapper(DecodeForward, PlannedWrapper):
         if self._backend == "cuda":
             check_cuda_plan(head_dim, variant, kv_dtype)
         check_fp8_device(kv_dtype, self.device)
-        kv_lens, max_page = check_page_table(indptr, indices, last_page_len, page_size)
+        table = PageTable.check(indptr, indices, last_page_len, page_size)
+        kv_lens, max_page = table.kv_lens, table.max_page
         dev = self.device
         batch = kv_lens.size
         common = dict(
@@ -252,15 +255,14 @@ class BatchDecodeWithPagedKVCacheWrapper(DecodeForward, PlannedWrapper):
             window_left=window_left, soft_cap=soft_cap, sm_scale=sm_scale, q_dtype=q_dtype,
             kv_dtype=kv_dtype, max_page=max_page, variant=variant, o_dtype=o_dtype)
         if self._graph is not None:
-            plan = self._plan_graph(kv_lens, indptr, indices, last_page_len, num_kv_heads,
-                                    page_size, num_workers, min_chunk_tokens, non_blocking, common)
+            plan = self._plan_graph(table, num_kv_heads, page_size, num_workers,
+                                    min_chunk_tokens, non_blocking, common)
         else:
             items, merge_indptr, n = split_kv_plan(kv_lens, dev, num_kv_heads, page_size,
                                                    num_workers, min_chunk_tokens)
             plan = AttentionPlan(
                 **common, n_items=n, items=items, qo_indptr=int32(np.arange(batch + 1), dev),
-                kv_indptr=indptr.to(dev, non_blocking=True),
-                kv_indices=indices.to(dev, non_blocking=True), kv_lens=int32(kv_lens, dev),
+                **table.copies(dev), kv_lens=int32(kv_lens, dev),
                 merge_indptr=merge_indptr)
         need = plan.workspace_bytes()
         have = self._workspace.numel() * self._workspace.element_size()
@@ -271,15 +273,14 @@ class BatchDecodeWithPagedKVCacheWrapper(DecodeForward, PlannedWrapper):
 
     begin_forward = plan
 
-    def _plan_graph(self, kv_lens, indptr, indices, last_page_len, num_kv_heads, page_size,
-                    num_workers, min_chunk_tokens, non_blocking, common) -> AttentionPlan:
+    def _plan_graph(self, table: PageTable, num_kv_heads, page_size, num_workers,
+                    min_chunk_tokens, non_blocking, common) -> AttentionPlan:
         """A use_cuda_graph plan: every device tensor it names is one of the fixed buffers
         (or a view at its start), refilled in place."""
         g = self._graph
         workers = num_workers or default_workers(self.device, num_kv_heads)
-        n = g.fill(kv_lens, indptr, indices, last_page_len, workers, page_size, min_chunk_tokens,
-                   non_blocking)
-        batch = kv_lens.size
+        n = g.fill(table, workers, page_size, min_chunk_tokens, non_blocking)
+        batch = table.batch
         return AttentionPlan(
             **common, n_items=n, items=g.items, qo_indptr=g.qo_indptr[:batch + 1],
             kv_indptr=g.indptr[:batch + 1], kv_indices=g.indices, kv_lens=g.kv_lens[:batch],

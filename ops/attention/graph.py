@@ -45,6 +45,15 @@ def copy_into(copies, non_blocking: bool) -> None:
         dst.copy_(src, non_blocking=non_blocking)
 
 
+def page_table_copies(table, private, user) -> list:
+    """(buffer, host array) pairs putting a checked PageTable into the private (indptr,
+    indices) buffers the kernels read and into the caller's (indptr, indices, last_page_len)."""
+    batch, n = table.batch, table.n_pages
+    return [(private[0][:batch + 1], table.indptr), (private[1][:n], table.indices),
+            (user[0][:batch + 1], table.indptr), (user[1][:n], table.indices),
+            (user[2][:batch], table.last_page_len)]
+
+
 class DecodeGraphBuffers:
     """The fixed device buffers of a use_cuda_graph=True wrapper. The page-table buffers are the
     user's (FlashInfer's contract); the work-item table, its device-side count, merge_indptr,
@@ -53,7 +62,11 @@ class DecodeGraphBuffers:
     plan), and every later plan() copies into them in place."""
 
     def __init__(self, indptr, indices, last_page_len):
-        self.indptr, self.indices, self.last_page_len = indptr, indices, last_page_len
+        # plan() fills the caller's buffers (FlashInfer's contract) and private twins of the two
+        # the kernels read: a caller writing into its buffers after plan() moves no gather.
+        self.user = (indptr, indices, last_page_len)
+        self.indptr, self.indices = torch.empty_like(indptr), torch.empty_like(indices)
+        self.last_page_len = last_page_len
         self.max_batch = last_page_len.numel()
         self.max_items = 0
         self.items = self.num_items = self.merge_indptr = self.qo_indptr = self.kv_lens = None
@@ -67,12 +80,12 @@ class DecodeGraphBuffers:
         self.qo_indptr = torch.arange(self.max_batch + 1, **i32)
         self.kv_lens = torch.zeros(self.max_batch, **i32)
 
-    def fill(self, kv_lens: np.ndarray, indptr, indices, last_page_len, workers: int,
-             page_size: int, min_chunk_tokens: int, non_blocking: bool) -> int:
-        """Copy a plan into the buffers (allocating them at the first call); returns the
-        number of work items. Requests past the batch are empty (merged to o = 0)."""
-        batch = kv_lens.size
-        n_pages = int(indptr[-1].item())
+    def fill(self, table, workers: int, page_size: int, min_chunk_tokens: int,
+             non_blocking: bool) -> int:
+        """Copy a plan (its checked PageTable's host arrays) into the buffers, allocating them
+        at the first call; returns the number of work items. Requests past the batch are empty
+        (merged to o = 0)."""
+        kv_lens, batch, n_pages = table.kv_lens, table.batch, table.n_pages
         check_graph_fits(batch, self.max_batch, "paged_kv_last_page_len_buffer", n_pages,
                          self.indices, "paged_kv_indices_buffer")
         if self.items is None:
@@ -87,8 +100,7 @@ class DecodeGraphBuffers:
             (self.items, host), (self.num_items, np.array([n])),
             (self.merge_indptr, np.concatenate([merge_indptr, np.full(pad, n)])),
             (self.kv_lens, np.concatenate([kv_lens, np.zeros(pad)])),
-            (self.indptr[:batch + 1], indptr), (self.indices[:n_pages], indices[:n_pages]),
-            (self.last_page_len[:batch], last_page_len)]
+            *page_table_copies(table, (self.indptr, self.indices), self.user)]
         copy_into(copies, non_blocking)
         return n
 
@@ -112,16 +124,19 @@ class PrefillGraphBuffers:
                  mask_indptr=None):
         # bufs: qo_indptr, the KV indptr, then (paged) indices and last_page_len, by the
         # constructor's argument names (kept for errors)
-        qo_indptr, self.indptr, *paged = bufs.values()
-        self.qo_indptr = qo_indptr
+        qo_indptr, indptr, *paged = bufs.values()
         indices, self.last_page_len = paged or (None, None)  # last_page_len None: ragged KV
+        # As the decode buffers: the kernels read private twins of the index buffers (the
+        # caller's are filled too), so no write after plan() moves a gather.
+        self.user = (qo_indptr, indptr, indices, self.last_page_len, mask_indptr)
+        self.qo_indptr, self.indptr = torch.empty_like(qo_indptr), torch.empty_like(indptr)
         self.batch_buf = batch_buf + " minus 1" * batch_buf.endswith("indptr_buf")
         self.indices_buf = list(bufs)[2] if paged else ""
         self.mask = None if mask is None else mask.view(torch.uint8)
-        self.mask_indptr = mask_indptr
+        self.mask_indptr = None if mask_indptr is None else torch.empty_like(mask_indptr)
         self.max_batch = qo_indptr.numel() - 1
         i32 = dict(dtype=torch.int32, device=qo_indptr.device)
-        self.indices = indices if indices is not None else torch.zeros(1, **i32)
+        self.indices = torch.empty_like(indices) if indices is not None else torch.zeros(1, **i32)
         self.kv_lens = torch.zeros(max(self.max_batch, 1), **i32)
         self.num_items = torch.zeros(1, **i32)
         self.merge_indptr = torch.zeros(1, **i32)  # unused: prefill items write o directly
@@ -132,20 +147,21 @@ class PrefillGraphBuffers:
     def fill(self, qo_ptr: np.ndarray, kv_lens: np.ndarray, group: int, tile: int, kv_table,
              mask, mask_ptr, non_blocking: bool) -> int:
         """Check a plan against the capacity, then copy it in (allocating the item table at the
-        first call). ``kv_table``: (indptr, indices, last_page_len) tensors (paged) or the
-        kv_indptr array (ragged). Returns the item count: the plan's tiles, then padding."""
+        first call). ``kv_table``: the checked PageTable (paged) or the kv_indptr array
+        (ragged). Returns the item count: the plan's tiles, then padding."""
         batch, nnz = kv_lens.size, int(qo_ptr[-1])
         paged = self.last_page_len is not None
-        n_pages = int(kv_table[0][-1].item()) if paged else None
+        n_pages = kv_table.n_pages if paged else None
         check_graph_fits(batch, self.max_batch, self.batch_buf, n_pages, self.indices,
                          self.indices_buf)
-        copies = [(self.qo_indptr[:batch + 1], qo_ptr), (self.kv_lens[:batch], kv_lens)]
+        user_qo, user_ptr, user_idx, user_last, user_mi = self.user
+        copies = [(self.qo_indptr[:batch + 1], qo_ptr), (user_qo[:batch + 1], qo_ptr),
+                  (self.kv_lens[:batch], kv_lens)]
         if paged:
-            indptr, indices, last = kv_table
-            copies += [(self.indptr[:batch + 1], indptr), (self.indices[:n_pages],
-                       indices[:n_pages]), (self.last_page_len[:batch], last)]
+            copies += page_table_copies(kv_table, (self.indptr, self.indices),
+                                        (user_ptr, user_idx, user_last))
         else:
-            copies.append((self.indptr[:batch + 1], kv_table))
+            copies += [(self.indptr[:batch + 1], kv_table), (user_ptr[:batch + 1], kv_table)]
         if mask is not None:
             if self.mask is None:
                 raise ValueError("use_cuda_graph=True: a custom_mask plan needs custom_mask_buf "
@@ -153,7 +169,8 @@ class PrefillGraphBuffers:
             if mask.numel() > self.mask.numel():
                 raise ValueError(f"use_cuda_graph=True: custom_mask has {mask.numel()} elements "
                                  f"but custom_mask_buf holds {self.mask.numel()}")
-            copies += [(self.mask[:mask.numel()], mask), (self.mask_indptr[:batch + 1], mask_ptr)]
+            copies += [(self.mask[:mask.numel()], mask), (self.mask_indptr[:batch + 1], mask_ptr),
+                       (user_mi[:batch + 1], mask_ptr)]
         if self.items is None:
             self.max_tokens, self.group = nnz, group
             self.max_items = max(1, -(-nnz // tile) + self.max_batch)

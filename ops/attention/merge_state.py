@@ -114,7 +114,8 @@ def merge_state(v_a: torch.Tensor, s_a: torch.Tensor, v_b: torch.Tensor, s_b: to
     Parameters
     ----------
     v_a, v_b : [seq, num_heads, head_dim], fp16/bf16/fp32 (same dtype), last dim contiguous
-    s_a, s_b : [seq, num_heads], float32 base-2 log-sum-exp (-inf: an empty state)
+    s_a, s_b : [seq, num_heads], float32 base-2 log-sum-exp (-inf: an empty state; +inf: a
+        state that takes all the weight, both +inf: their mean, s = +inf; NaN gives NaN)
     backend : "auto" | "cuda" | "triton" | "torch" (auto: the CUDA kernel on a GPU where NVRTC
         works, else Triton; the torch reference on CPU)
 
@@ -163,7 +164,8 @@ def merge_states(v: torch.Tensor, s: torch.Tensor, *,
     Returns
     -------
     v : [seq, num_heads, head_dim], v's dtype;  s : [seq, num_heads], float32.
-    A row whose states are all empty (s = -inf) gives v = 0, s = -inf.
+    A row whose states are all empty (s = -inf) gives v = 0, s = -inf; the states with
+    s = +inf, if any, share all the weight equally and s = +inf (as in merge_state).
     """
     check_tensor("v", v, dtypes=FLOAT_DTYPES, ndim=4, last_dim_contiguous=True)
     check_tensor("s", s, dtypes=(torch.float32,), shape=v.shape[:3], device=v.device)

@@ -14,24 +14,28 @@ import numpy as np
 import torch
 
 from .._common.checks import check_int, check_tensor
-from .checks import (KV_DTYPES, attn_backend, check_heads, check_indptr, check_layout,
-                     check_mask, check_outputs, check_page_table, check_run_inputs,
-                     check_scalars, check_single_kv)
+from .checks import (KV_DTYPES, MAX_HEAD_DIM, attn_backend, check_heads, check_indptr,
+                     check_layout, check_mask, check_outputs, check_run_inputs, check_scalars,
+                     check_single_kv)
 from .compat import (as_backend, check_flag, check_host_indptr, check_lse_form,
                      check_prefill_extras, check_rope, check_scale, check_uniform_q_len,
                      out_dtype, plan_dtypes, refuse, variant_args_of)
-from .index_tensors import int32, items_tensor
-from .kv_views import kv_views
-from .plan import AttentionPlan
-from .run_op import launch
 from .forward import PagedPrefillForward, RaggedPrefillForward
 from .graph import PrefillGraphBuffers, check_graph_buffer
+from .index_tensors import int32, items_tensor
 from .items import prefill_item_cols, prefill_items, prefill_tile
+from .kv_views import kv_views
+from .page_table import PageTable
+from .plan import AttentionPlan
+from .run_op import launch
 from .variants import AttentionVariant
 from .wrapper import PlannedWrapper, finish_lse, refuse_run_extras
 
-__all__ = ["single_prefill_with_kv_cache", "BatchPrefillWithPagedKVCacheWrapper",
-           "BatchPrefillWithRaggedKVCacheWrapper"]
+__all__ = [
+    "BatchPrefillWithPagedKVCacheWrapper",
+    "BatchPrefillWithRaggedKVCacheWrapper",
+    "single_prefill_with_kv_cache",
+]
 
 
 def single_prefill_with_kv_cache(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
@@ -135,7 +139,7 @@ class _PrefillWrapper(PlannedWrapper):
                 logits_soft_cap, sm_scale, q_data_type, kv_data_type, variant, o_data_type=None,
                 uniform_q_len=None):
         check_heads(num_qo_heads, num_kv_heads)
-        head_dim = check_int("head_dim", head_dim, 1, 512)
+        head_dim = check_int("head_dim", head_dim, 1, MAX_HEAD_DIM)
         qo_ptr = check_indptr("qo_indptr", qo_indptr)
         window_left, soft_cap, sm_scale = check_scalars(window_left, logits_soft_cap, sm_scale,
                                                         head_dim)
@@ -276,16 +280,13 @@ class BatchPrefillWithPagedKVCacheWrapper(PagedPrefillForward, _PrefillWrapper):
         kw, qo_ptr = self._common(qo_indptr, num_qo_heads, num_kv_heads, head_dim_qk, causal,
                                   window_left, logits_soft_cap, sm_scale, q_data_type,
                                   kv_data_type, variant, o_data_type, uniform_q_len)
-        table = (paged_kv_indptr, paged_kv_indices, paged_kv_last_page_len)
-        kv_lens, max_page = check_page_table(
-            *table, page_size, ("paged_kv_indptr", "paged_kv_indices", "paged_kv_last_page_len"))
-        dev = self.device
-        kv = {} if self._graph is not None else dict(
-            kv_indptr=paged_kv_indptr.to(dev, non_blocking=True),
-            kv_indices=paged_kv_indices.to(dev, non_blocking=True))
+        table = PageTable.check(
+            paged_kv_indptr, paged_kv_indices, paged_kv_last_page_len, page_size,
+            ("paged_kv_indptr", "paged_kv_indices", "paged_kv_last_page_len"))
+        kv = {} if self._graph is not None else table.copies(self.device)
         self._plan = AttentionPlan(
-            paged=True, page_size=page_size, max_page=max_page, **kv,
-            **self._finish(qo_ptr, kv_lens, custom_mask, table, non_blocking, **kw))
+            paged=True, page_size=page_size, max_page=table.max_page, **kv,
+            **self._finish(qo_ptr, table.kv_lens, custom_mask, table, non_blocking, **kw))
 
     begin_forward = plan
 

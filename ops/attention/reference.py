@@ -16,6 +16,7 @@ def naive_merge_states(v: torch.Tensor, s: torch.Tensor) -> tuple[torch.Tensor, 
     v: [seq, num_states, heads, dim]; s: [seq, num_states, heads] (float32, base-2 LSE).
     Returns v [seq, heads, dim] (v's dtype) and s [seq, heads] (float32; float64 for float64
     inputs). States with s = -inf are empty; a row with only empty states gives v = 0, s = -inf.
+    A state with s = +inf takes all the weight (several share it equally) and s is +inf.
     Math runs in float32, or float64 when the inputs are float64.
     """
     acc = torch.promote_types(v.dtype, torch.float32)
@@ -28,7 +29,9 @@ def naive_merge_states(v: torch.Tensor, s: torch.Tensor) -> tuple[torch.Tensor, 
     s_max = s.amax(dim=1)
     empty = torch.isneginf(s_max)
     s_max_safe = torch.where(empty, torch.zeros_like(s_max), s_max)
-    w = torch.exp2(s - s_max_safe[:, None])  # exactly 0 for empty states
+    # exactly 0 for empty states; a state at the max weighs 1, so +inf states (the max then)
+    # share the weight instead of exp2(inf - inf) = NaN
+    w = torch.where(s == s_max_safe[:, None], 1.0, torch.exp2(s - s_max_safe[:, None]))
     denom = w.sum(dim=1)
     v_out = (w.to(acc)[..., None] * v.to(acc)).sum(dim=1) / torch.where(empty, 1.0, denom).to(acc)[..., None]
     s_out = torch.where(empty, s_max, s_max_safe + torch.log2(torch.where(empty, 1.0, denom)))

@@ -82,6 +82,13 @@ def launch(plan: AttentionPlan, q, k, v, out, lse, workspace, backend: str, vari
            k_scale: float = 1.0, v_scale: float = 1.0):
     """Run ``plan`` through the custom op (the implementation itself in eager mode).
     ``k_scale``/``v_scale``: the KV cache's dequantization scales (fp8; decode only)."""
+    if plan.variant is not None:
+        variant_args = plan.variant.check_run(backend, variant_args, q.device, dict(
+            num_qo_heads=plan.num_qo_heads, num_kv_heads=plan.num_kv_heads,
+            head_dim=plan.head_dim))
+    elif len(tuple(variant_args)):
+        raise ValueError(f"variant_args given ({len(tuple(variant_args))}) but the plan has no "
+                         f"variant")
     fn = eager_or_op(attention_run_op, _attention_run_impl)
     fn(q, k, v, out, lse, workspace, plan.items, plan.qo_indptr, plan.kv_indptr,
        plan.kv_indices, plan.kv_lens, plan.merge_indptr, plan.mask, plan.mask_indptr,

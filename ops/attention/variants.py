@@ -22,10 +22,35 @@ import dataclasses
 import re
 from typing import Callable
 
-__all__ = ["AttentionVariant"]
+__all__ = ["AttentionVariant", "VariantParam"]
 
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _RESERVED = {"logits", "keep", "q_pos", "k_pos", "qo_head", "tl", "triton"}
+# The sizes a VariantParam's shape may name, filled in from the plan at run().
+SIZE_NAMES = ("num_qo_heads", "num_kv_heads", "head_dim")
+
+
+@dataclasses.dataclass(frozen=True)
+class VariantParam:
+    """An extra parameter of a variant with what run() checks its tensor against: ``dtype``
+    (a torch.dtype, None: any) and ``shape`` (a tuple of ints and of the names in SIZE_NAMES,
+    None: any). A snippet indexes its parameters as flat pointers, so only a declared shape
+    keeps its loads in bounds: ALiBi's slopes are ``VariantParam("slopes", torch.float32,
+    ("num_qo_heads",))``."""
+
+    name: str
+    dtype: object = None
+    shape: tuple | None = None
+
+    def __post_init__(self):
+        if self.shape is not None:
+            shape = tuple(self.shape)
+            object.__setattr__(self, "shape", shape)
+            for d in shape:
+                ok_int = isinstance(d, int) and not isinstance(d, bool) and d >= 0
+                if not ok_int and d not in SIZE_NAMES:
+                    raise ValueError(f"VariantParam shape entries must be ints >= 0 or one of "
+                                     f"{SIZE_NAMES}, got {d!r}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,8 +63,9 @@ class AttentionVariant:
         An identifier; becomes part of the kernel's uri (``attention_triton_hd128_alibi_<hash>``).
     triton : str
         Triton statements (any indentation; a blank snippet is the identity).
-    params : tuple of str
-        Names of the extra parameters the snippet reads.
+    params : tuple of str or VariantParam
+        The extra parameters the snippet reads (a VariantParam also declares the dtype and
+        shape run() checks ``variant_args`` against).
     torch_fn : callable or None
         The reference ``(logits, keep, q_pos, k_pos, qo_head, *args) -> (logits, keep)``.
 
@@ -48,7 +74,7 @@ class AttentionVariant:
     >>> alibi = AttentionVariant("alibi", triton='''
     ...     slope = tl.load(slopes + qo_head)
     ...     logits = logits + slope * (k_pos - q_pos).to(tl.float32)
-    ... ''', params=("slopes",),
+    ... ''', params=(VariantParam("slopes", torch.float32, ("num_qo_heads",)),),
     ...     torch_fn=lambda lg, keep, qp, kp, h, slopes: (lg + slopes[h] * (kp - qp), keep))
     """
 
@@ -56,6 +82,7 @@ class AttentionVariant:
     triton: str = ""
     params: tuple = ()
     torch_fn: Callable | None = dataclasses.field(default=None, compare=False, hash=False)
+    specs: tuple = dataclasses.field(default=(), init=False)
 
     def __post_init__(self):
         if not isinstance(self.name, str) or not _NAME.match(self.name):
@@ -63,8 +90,11 @@ class AttentionVariant:
         if not isinstance(self.triton, str):
             raise ValueError(f"variant triton must be a str of Triton statements, got "
                              f"{type(self.triton).__name__}")
-        params = tuple(self.params)
+        specs = tuple(p if isinstance(p, VariantParam) else VariantParam(p)
+                      for p in tuple(self.params))
+        params = tuple(p.name for p in specs)
         object.__setattr__(self, "params", params)
+        object.__setattr__(self, "specs", specs)
         for p in params:
             if not isinstance(p, str) or not _NAME.match(p) or p in _RESERVED:
                 raise ValueError(f"variant params must be identifiers other than "
@@ -76,6 +106,43 @@ class AttentionVariant:
         except SyntaxError as exc:
             raise ValueError(f"variant triton snippet of {self.name!r} is not valid Python: "
                              f"{exc}") from None
+
+    def check_run(self, backend: str, args, device, sizes: dict) -> tuple:
+        """run()'s ``variant_args`` against ``params`` (count, tensors on ``device``,
+        contiguous, declared dtype and shape; ``sizes`` gives SIZE_NAMES' values), and the
+        variant against the backend: the torch backend needs ``torch_fn`` when there is a
+        snippet, the kernels need a snippet when there is a ``torch_fn`` (either way the other
+        would run plain attention). Returns the args as a tuple."""
+        if backend == "torch" and self.triton_lines and self.torch_fn is None:
+            raise ValueError(f"variant {self.name!r} has a Triton snippet but no torch_fn: the "
+                             f"torch backend cannot run it (give torch_fn or use 'triton')")
+        if backend != "torch" and not self.triton_lines and self.torch_fn is not None:
+            raise ValueError(f"variant {self.name!r} has a torch_fn but no Triton snippet: "
+                             f"backend={backend!r} would run plain attention")
+        import torch
+
+        args = tuple(args)
+        if len(args) != len(self.params):
+            raise ValueError(f"variant_args must hold {len(self.params)} tensor(s), one per param "
+                             f"{self.params} of variant {self.name!r}, got {len(args)}")
+        for i, (spec, a) in enumerate(zip(self.specs, args)):
+            name = f"variant_args[{i}] ({spec.name})"
+            if not isinstance(a, torch.Tensor):
+                raise ValueError(f"{name} must be a torch.Tensor, got {type(a).__name__}")
+            if a.device != device:
+                raise ValueError(f"{name} must be on {device} (like q), got {a.device}")
+            if not a.is_contiguous():
+                raise ValueError(f"{name} must be contiguous (the snippet reads it as a flat "
+                                 f"pointer), got strides {tuple(a.stride())}")
+            if spec.dtype is not None and a.dtype != spec.dtype:
+                raise ValueError(f"{name} must be {spec.dtype}, got {a.dtype}")
+            if spec.shape is not None:
+                want = tuple(sizes[d] if isinstance(d, str) else d for d in spec.shape)
+                if tuple(a.shape) != want:
+                    raise ValueError(f"{name} must have shape {want} "
+                                     f"({', '.join(map(str, spec.shape))}), got "
+                                     f"{tuple(a.shape)}")
+        return args
 
     @classmethod
     def default(cls) -> "AttentionVariant":

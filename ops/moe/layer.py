@@ -4,9 +4,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .._common.backends import TABLE
+from .._common.checks import FLOAT_DTYPES
 from . import reference
 from .fused_moe import fused_moe
-from .routing import fused_topk
+from .routing import check_routing, fused_topk
 
 __all__ = ["FusedMoE"]
 
@@ -44,6 +46,17 @@ class FusedMoE(nn.Module):
                 raise ValueError(f"{name} must be a positive int, got {v!r}")
         if activation not in reference.ACTIVATIONS:
             raise ValueError(f"activation must be one of {reference.ACTIVATIONS}, got {activation!r}")
+        # Everything forward() would refuse is refused here, before any weight is allocated.
+        check_routing(num_experts, topk, scoring, num_expert_groups, topk_group)
+        if not isinstance(renormalize, bool):
+            raise ValueError(f"renormalize must be a bool, got {renormalize!r}")
+        if not isinstance(correction_bias, bool):
+            raise ValueError(f"correction_bias must be a bool (own the buffer or not), got "
+                             f"{correction_bias!r}")
+        if backend not in TABLE["moe"].choices:
+            raise ValueError(f"backend must be one of {TABLE['moe'].choices}, got {backend!r}")
+        if dtype is not None and dtype not in FLOAT_DTYPES:
+            raise ValueError(f"dtype must be None or one of {FLOAT_DTYPES}, got {dtype!r}")
         self.num_experts, self.topk = num_experts, topk
         self.hidden_size, self.ffn_size = hidden_size, ffn_size
         self.activation, self.scoring, self.renormalize = activation, scoring, renormalize

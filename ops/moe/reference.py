@@ -35,9 +35,20 @@ def naive_fused_topk(gating_logits: torch.Tensor, topk: int, renormalize: bool =
     sum of its best two with a bias, as in DeepSeek-V3) and only the ``topk_group`` best groups
     compete.
     """
+    inf = float("inf")
     logits = _f32(gating_logits)
-    scores = logits.softmax(-1) if scoring == "softmax" else logits.sigmoid()
+    logits = torch.where(logits.isnan(), -inf, logits)  # docs/moe.md: NaN reads as -inf
+    if scoring == "softmax":
+        # softmax's limit: +inf logits share the mass, a row of -inf scores 0 everywhere
+        m = logits.amax(-1, keepdim=True)
+        p = torch.where(m == inf, (logits == inf).to(logits.dtype), (logits - m).exp())
+        p = torch.where(m == -inf, 0.0, p)
+        total = p.sum(-1, keepdim=True)
+        scores = torch.where(total > 0, p / total, 0.0)
+    else:
+        scores = logits.sigmoid()
     choice = scores if correction_bias is None else scores + _f32(correction_bias)
+    choice = torch.where(choice.isnan(), -inf, choice)
     if num_expert_groups is not None and num_expert_groups > 1:
         t, e = choice.shape
         grouped = choice.view(t, num_expert_groups, e // num_expert_groups)
@@ -45,15 +56,22 @@ def naive_fused_topk(gating_logits: torch.Tensor, topk: int, renormalize: bool =
             group_scores = grouped.topk(min(2, grouped.shape[-1]), dim=-1).values.sum(-1)
         else:
             group_scores = grouped.max(-1).values
+        group_scores = torch.where(group_scores.isnan(), -inf, group_scores)  # +inf + -inf
         keep = torch.zeros_like(group_scores, dtype=torch.bool)
-        keep.scatter_(1, group_scores.topk(topk_group, dim=-1).indices, True)
-        choice = choice.masked_fill(~keep.repeat_interleave(e // num_expert_groups, 1),
-                                    float("-inf"))
-    ids = choice.topk(topk, dim=-1).indices
+        keep.scatter_(1, _top(group_scores, topk_group), True)
+        choice = choice.masked_fill(~keep.repeat_interleave(e // num_expert_groups, 1), -inf)
+    ids = _top(choice, topk)
     weights = scores.gather(1, ids)
     if renormalize:
-        weights = weights / weights.sum(-1, keepdim=True)
+        total = weights.sum(-1, keepdim=True)
+        weights = torch.where(total > 0, weights / total, 0.0)
     return weights, ids.to(torch.int32)
+
+
+def _top(x: torch.Tensor, k: int) -> torch.Tensor:
+    """The indices of the k largest entries per row, ties (-inf rows too) to the lowest index:
+    a stable sort, where torch.topk's order among equal values is unspecified."""
+    return x.sort(dim=-1, descending=True, stable=True).indices[:, :k]
 
 
 def naive_fused_moe(hidden_states: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor,

@@ -8,7 +8,8 @@ from __future__ import annotations
 import torch
 
 from .._common.backends import resolve_backend
-from .._common.checks import FLOAT_DTYPES, INDEX_DTYPES, check_tensor
+from .._common.checks import (FLOAT_DTYPES, INDEX_DTYPES, INT32_MAX, check_int, check_tensor,
+                             host_checks_enabled)
 from .._common.custom_op import custom_op, eager_or_op
 from . import reference
 
@@ -17,6 +18,10 @@ __all__ = ["fused_topk", "moe_align_block_size"]
 # The Triton router keeps a token's E scores in one program's registers.
 _MAX_TRITON_EXPERTS = 1024
 _MAX_TOPK = 32
+# moe_align_block_size: BLOCK_M of a grouped GEMM is at most a few hundred rows; 2**16 leaves
+# room for any tuning file while keeping E*(block_size-1) far from int32 (E <= 2**16).
+_MAX_BLOCK_SIZE = 2**16
+_MAX_EXPERTS = 2**16
 
 
 def _fused_topk_impl(gating_logits: torch.Tensor, topk: int, renormalize: bool, scoring: str,
@@ -54,6 +59,30 @@ def _positive_int(name: str, value, upper: int | None = None):
         raise ValueError(f"{name} must be <= {upper}, got {value}")
 
 
+def check_routing(num_experts: int, topk, scoring, num_expert_groups, topk_group, *,
+                  experts_name: str = "num_experts") -> tuple[int, int]:
+    """fused_topk's routing arguments against E experts (what FusedMoE checks at construction);
+    returns (groups, groups kept), (1, 1) without grouping."""
+    _positive_int("topk", topk, min(_MAX_TOPK, num_experts))
+    if scoring not in reference.SCORINGS:
+        raise ValueError(f"scoring must be one of {reference.SCORINGS}, got {scoring!r}")
+    if (num_expert_groups is None) != (topk_group is None):
+        raise ValueError("num_expert_groups and topk_group must be given together, got "
+                         f"num_expert_groups={num_expert_groups!r}, topk_group={topk_group!r}")
+    if num_expert_groups is None:
+        return 1, 1
+    _positive_int("num_expert_groups", num_expert_groups)
+    if num_experts % num_expert_groups:
+        raise ValueError(f"num_expert_groups ({num_expert_groups}) must divide the number of "
+                         f"experts ({experts_name} = {num_experts})")
+    _positive_int("topk_group", topk_group, num_expert_groups)
+    per_group = num_experts // num_expert_groups
+    if topk > topk_group * per_group:
+        raise ValueError(f"topk ({topk}) must be <= topk_group * experts per group "
+                         f"({topk_group * per_group})")
+    return num_expert_groups, topk_group
+
+
 def fused_topk(gating_logits: torch.Tensor, topk: int, renormalize: bool = True,
                scoring: str = "softmax", correction_bias: torch.Tensor | None = None,
                num_expert_groups: int | None = None, topk_group: int | None = None, *,
@@ -76,7 +105,9 @@ def fused_topk(gating_logits: torch.Tensor, topk: int, renormalize: bool = True,
     Returns
     -------
     topk_weights : [tokens, topk] float32;  topk_ids : [tokens, topk] int32.
-    Ties go to the lowest expert index in the Triton kernel (torch.topk's order is unspecified).
+    Ties go to the lowest expert index on both backends. Non-finite logits follow one rule
+    (docs/moe.md, "Non-finite router rows"): NaN reads as -inf, softmax is its limit, and every
+    row gets ``topk`` distinct ids in [0, num_experts), even a row of NaN (weights 0).
 
     Example
     -------
@@ -84,27 +115,14 @@ def fused_topk(gating_logits: torch.Tensor, topk: int, renormalize: bool = True,
     """
     check_tensor("gating_logits", gating_logits, dtypes=FLOAT_DTYPES, ndim=2)
     num_experts = gating_logits.shape[1]
-    _positive_int("topk", topk, min(_MAX_TOPK, num_experts))
-    if scoring not in reference.SCORINGS:
-        raise ValueError(f"scoring must be one of {reference.SCORINGS}, got {scoring!r}")
+    if num_experts < 1:
+        raise ValueError(f"gating_logits must have at least one expert column, got shape "
+                         f"{tuple(gating_logits.shape)}")
+    groups, kept = check_routing(num_experts, topk, scoring, num_expert_groups, topk_group,
+                                 experts_name="gating_logits.shape[1]")
     if correction_bias is not None:
         check_tensor("correction_bias", correction_bias, dtypes=FLOAT_DTYPES,
                      shape=(num_experts,), device=gating_logits.device)
-    if (num_expert_groups is None) != (topk_group is None):
-        raise ValueError("num_expert_groups and topk_group must be given together, got "
-                         f"num_expert_groups={num_expert_groups!r}, topk_group={topk_group!r}")
-    groups, kept = num_expert_groups or 1, topk_group or 1
-    if num_expert_groups is not None:
-        _positive_int("num_expert_groups", num_expert_groups)
-        if num_experts % num_expert_groups:
-            raise ValueError(f"num_expert_groups ({num_expert_groups}) must divide the number of "
-                             f"experts (gating_logits.shape[1] = {num_experts})")
-        _positive_int("topk_group", topk_group, num_expert_groups)
-        if topk > kept * (num_experts // groups):
-            raise ValueError(f"topk ({topk}) must be <= topk_group * experts per group "
-                             f"({kept * (num_experts // groups)})")
-    else:
-        kept = groups = 1
     backend = resolve_backend("moe", backend, gating_logits.device)
     if backend == "triton" and num_experts > _MAX_TRITON_EXPERTS:
         raise ValueError(f"backend='triton' handles up to {_MAX_TRITON_EXPERTS} experts, got "
@@ -153,7 +171,7 @@ def _(topk_ids, block_size, num_experts):
 
 def check_ids_in_range(name: str, ids: torch.Tensor, num_experts: int):
     """Out-of-range ids would index past the weights: one host sync, skipped while tracing."""
-    if ids.numel() and not torch.compiler.is_compiling():
+    if ids.numel() and not ids.is_meta and host_checks_enabled():  # meta: nothing is read
         lo, hi = int(ids.min()), int(ids.max())
         if lo < 0 or hi >= num_experts:
             raise ValueError(f"{name} must be in [0, {num_experts}) (the number of experts), got "
@@ -182,7 +200,12 @@ def moe_align_block_size(topk_ids: torch.Tensor, block_size: int,
     num_tokens_post_padded : [1] int32, the padded total (a multiple of block_size)
     """
     check_tensor("topk_ids", topk_ids, dtypes=INDEX_DTYPES, ndim=2)
-    _positive_int("block_size", block_size)
-    _positive_int("num_experts", num_experts)
+    # The padded length tokens*topk + E*(block_size-1) is an int32 row index in the GEMMs.
+    block_size = check_int("block_size", block_size, 1, _MAX_BLOCK_SIZE)
+    num_experts = check_int("num_experts", num_experts, 1, _MAX_EXPERTS)
+    cap = topk_ids.numel() + num_experts * (block_size - 1)
+    if cap > INT32_MAX:
+        raise ValueError(f"block_size={block_size} with num_experts={num_experts} pads "
+                         f"topk_ids.numel()={topk_ids.numel()} rows to {cap}, past int32")
     check_ids_in_range("topk_ids", topk_ids, num_experts)
     return eager_or_op(_align_op, _align_impl)(topk_ids, block_size, num_experts)

@@ -13,7 +13,7 @@ import math
 import torch
 
 from .._common.backends import resolve_backend
-from .._common.checks import FLOAT_DTYPES, check_tensor
+from .._common.checks import FLOAT_DTYPES, check_int, check_tensor
 from .._common.custom_op import custom_op, eager_or_op
 from . import reference
 
@@ -48,9 +48,14 @@ def _(param, grad, proj_grad, exp_avg, exp_avg_sq, limiter_norm, step, lr, beta1
     return None
 
 
-def _check_number(name: str, value, *, low=None, high=None, low_open=False, high_open=False):
+def _check_number(name: str, value, *, low=None, high=None, low_open=False, high_open=False,
+                  allow_inf=False):
+    """A real number in range; inf only with ``allow_inf`` (lr=inf or weight_decay=inf would
+    turn every parameter into inf or NaN in one step)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
         raise ValueError(f"{name} must be a number, got {value!r}")
+    if math.isinf(value) and not allow_inf:
+        raise ValueError(f"{name} must be finite, got {value}")
     if low is not None and (value < low or (low_open and value == low)):
         raise ValueError(f"{name} must be {'>' if low_open else '>='} {low}, got {value}")
     if high is not None and (value > high or (high_open and value == high)):
@@ -69,7 +74,7 @@ def check_apollo_hparams(*, lr, beta1, beta2, eps, weight_decay, scale, scale_ty
     if scale_type not in SCALE_TYPES:
         raise ValueError(f"scale_type must be one of {SCALE_TYPES}, got {scale_type!r}")
     # A cap below 1 would shrink every update geometrically towards zero; inf disables it.
-    _check_number("limiter_gamma", limiter_gamma, low=1.0)
+    _check_number("limiter_gamma", limiter_gamma, low=1.0, allow_inf=True)
 
 
 def apollo_fused_update(param: torch.Tensor, grad: torch.Tensor, proj_grad: torch.Tensor,
@@ -126,8 +131,8 @@ def apollo_fused_update(param: torch.Tensor, grad: torch.Tensor, proj_grad: torc
                  device=param.device)
     if not limiter_norm.is_contiguous():
         raise ValueError("limiter_norm must be contiguous")
-    if isinstance(step, bool) or not isinstance(step, int) or step < 1:
-        raise ValueError(f"step must be an int >= 1, got {step!r}")
+    # The kernels take step as int32 (bias correction beta**step, limiter slot step % 2).
+    check_int("step", step, 1)
     check_apollo_hparams(lr=lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay,
                          scale=scale, scale_type=scale_type, limiter_gamma=limiter_gamma)
     backend = resolve_backend("apollo_fused_update", backend, param.device)

@@ -102,6 +102,9 @@ def _ninja_loads(name: str) -> bool:
 def _check_kv_lens(kv_lens) -> np.ndarray:
     """kv_lens as a contiguous int64 numpy array, or a ValueError naming it."""
     if isinstance(kv_lens, torch.Tensor):
+        if kv_lens.is_meta:
+            raise ValueError("kv_lens must be a tensor with values (CPU or CUDA), got a meta "
+                             "tensor")
         if kv_lens.is_floating_point() or kv_lens.is_complex() or kv_lens.dtype == torch.bool:
             raise ValueError(f"kv_lens must hold integers, got dtype {kv_lens.dtype}")
         arr = kv_lens.detach().cpu().numpy()  # a CUDA tensor costs a copy and a sync

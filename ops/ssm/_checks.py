@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 
 from .._common.backends import resolve_backend
-from .._common.checks import FLOAT_DTYPES, INDEX_DTYPES, check_tensor
+from .._common.checks import FLOAT_DTYPES, INDEX_DTYPES, check_readable, check_tensor
 
 
 def ssm_backend(backend: str, device: torch.device) -> str:
@@ -50,11 +50,18 @@ def check_cu_seqlens(cu_seqlens, batch: int, seqlen: int, device) -> list[int] |
     check_tensor("cu_seqlens", cu_seqlens, dtypes=INDEX_DTYPES, ndim=1, device=device)
     if batch != 1:
         raise ValueError(f"cu_seqlens needs packed inputs with batch 1, got batch {batch}")
+    check_readable("cu_seqlens", cu_seqlens)
     cu = [int(v) for v in cu_seqlens.tolist()]
     if len(cu) < 2 or cu[0] != 0 or cu[-1] != seqlen or any(b < a for a, b in zip(cu, cu[1:])):
         raise ValueError(f"cu_seqlens must be non-decreasing, start at 0 and end at seqlen "
                          f"({seqlen}), with at least 2 entries; got {cu}")
     return cu
+
+
+def _holds_bool(x) -> bool:
+    if isinstance(x, (list, tuple)):
+        return any(_holds_bool(e) for e in x)
+    return isinstance(x, bool) or getattr(getattr(x, "dtype", None), "kind", "") == "b"
 
 
 def check_positions(positions, lengths: list[int]) -> torch.Tensor | None:
@@ -66,12 +73,22 @@ def check_positions(positions, lengths: list[int]) -> torch.Tensor | None:
     if isinstance(positions, torch.Tensor):
         if positions.dtype not in INDEX_DTYPES:
             raise ValueError(f"{name} must be int32/int64, got {positions.dtype}")
+        check_readable(name, positions)
         pos = positions.detach().to("cpu", torch.int64)
     else:
+        # Converted as they are, then checked: as_tensor(dtype=int64) would truncate 1.5 to 1
+        # (and [0, True] converts to int64 silently, so bools are looked for first).
+        if _holds_bool(positions):
+            raise ValueError(f"{name} must hold ints, got a bool in {positions!r}")
         try:
-            pos = torch.as_tensor(positions, dtype=torch.int64)
-        except (TypeError, ValueError, RuntimeError) as e:
+            pos = torch.as_tensor(positions)
+        except (TypeError, ValueError, RuntimeError, OverflowError) as e:
             raise ValueError(f"{name} must be a tensor or a list of ints: {e}") from None
+        if pos.numel() and pos.dtype not in (torch.int64, torch.int32, torch.int16, torch.int8,
+                                             torch.uint8):
+            raise ValueError(f"{name} must hold ints, got {pos.dtype} values "
+                             f"{pos.flatten()[:4].tolist()}")
+        pos = pos.to(torch.int64)
     n = len(lengths)
     if pos.dim() == 1:
         pos = pos[None, :].expand(n, -1)
@@ -99,6 +116,7 @@ def check_slot_indices(name, idx, batch: int, nslots: int, device):
         # Reading the values syncs with the device, which a CUDA-graph capture forbids: during
         # capture only shape and dtype are checked (eager calls check the values).
         return
+    check_readable(name, idx)
     vals = idx.tolist()
     bad = [v for v in vals if v < -1 or v >= nslots]
     if bad:

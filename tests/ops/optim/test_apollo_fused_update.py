@@ -159,7 +159,7 @@ BAD = [
     ("exp_avg_sq", dict(exp_avg_sq=torch.zeros(3, 10)), "exp_avg_sq must have shape"),
     ("exp_avg", dict(exp_avg=torch.zeros(10, 2).t()), "exp_avg must be contiguous"),
     ("limiter_norm", dict(limiter_norm=torch.zeros(1)), "limiter_norm must have shape"),
-    ("step", dict(step=0), "step must be an int >= 1"),
+    ("step", dict(step=0), r"step must be in \[1, "),
     ("lr", dict(lr=-1.0), "lr must be >= 0"),
     ("beta1", dict(beta1=1.0), "beta1 must be < 1"),
     ("beta2", dict(beta2=-0.1), "beta2 must be >= 0"),
