@@ -148,6 +148,7 @@ def _call(**overrides):
     (dict(query=torch.randn(1, 4, 5, 16).double()), "torch.float64"),
     (dict(value=torch.randn(1, 2, 5, 8)), "value head_dim"),
     (dict(sliding_window=3, is_causal=False), "bidirectional sliding window"),
+    (dict(cache=object()), "continuous batching .PagedAttentionCache"),
 ])
 def test_unsupported_raises_naming_it_and_the_alternative(overrides, match):
     with pytest.raises(ValueError, match=match) as err:

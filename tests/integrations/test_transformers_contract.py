@@ -1,10 +1,11 @@
 """The hooks' contracts against the installed transformers and kernels: a release that renames
 or reorders what flashkit plugs into fails here, by name."""
 import inspect
+import warnings
 
 import pytest
 
-from .hf_common import transformers
+from .hf_common import fk_hf, transformers
 
 kernels = pytest.importorskip("kernels")
 
@@ -98,3 +99,57 @@ def test_kernels_api_contract():
 
     _validate_layer(check_cls=Original, cls=layer, repo=FlashkitFuncRepository(
         "causal_conv1d_update"))
+
+
+def _tiny_llama(**kw):
+    from .hf_common import SMALL
+
+    return transformers.AutoModelForCausalLM.from_config(transformers.LlamaConfig(**SMALL), **kw)
+
+
+def test_a_name_with_flash_is_loaded_as_a_hub_kernel(monkeypatch):
+    """Why NAME is "fkit": with "flash" in the name, from_config asks the kernel hub for the
+    functions of flash_attn (modeling_utils._check_and_adjust_attn_implementation ->
+    lazy_import_flash_attention), even for a name registered with AttentionInterface."""
+    from transformers import modeling_flash_attention_utils as mfu
+    from transformers.utils.generic import is_flash_attention_requested
+
+    from flashkit.integrations.transformers.attention import attention_forward
+
+    assert is_flash_attention_requested(requested_attention_implementation="flashkit")
+    monkeypatch.setitem(transformers.AttentionInterface._global_mapping, "flashkit",
+                        attention_forward)
+    # lazy_import_flash_attention records the name before loading; put it back afterwards
+    monkeypatch.setattr(mfu, "_loaded_implementation", mfu._loaded_implementation)
+    try:
+        _tiny_llama(attn_implementation="flashkit")
+    except ValueError as err:
+        assert "Could not find the currently requested flash attention" in str(err)
+    else:
+        pytest.fail(f"transformers {transformers.__version__} accepts a registered attention "
+                    "implementation named 'flashkit': NAME can become 'flashkit' "
+                    "(flashkit/integrations/transformers/__init__.py, docs/integrations.md)")
+
+
+@pytest.mark.parametrize("impl", ["fkit", "paged|fkit"])
+def test_continuous_batching_refuses_a_registered_implementation(impl):
+    """generate_batch serves only 'paged|eager', 'sdpa' and "flash" names
+    (ContinuousBatchingManager.switch_to_cb_friendly_attn); "paged|<name>" is stripped to
+    <name> when the model is built. When a release lets a registered implementation through,
+    this fails: serve PagedAttentionCache then (docs/integrations.md, Continuous batching)."""
+    fk_hf.register()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # the "paged|" prefix is deprecated
+        model = _tiny_llama(attn_implementation=impl).eval()
+    assert model.config._attn_implementation == fk_hf.NAME
+    gen = transformers.GenerationConfig(max_new_tokens=2, do_sample=False, eos_token_id=-1)
+    cb = transformers.ContinuousBatchingConfig(auto_switch_to_flash=False)
+    try:
+        model.generate_batch([[1, 2, 3]], generation_config=gen, continuous_batching_config=cb,
+                             warmup=False)
+    except ValueError as err:
+        assert f"Implementation {fk_hf.NAME} is not supported for continuous batching" in str(err)
+    else:
+        pytest.fail(f"transformers {transformers.__version__} runs continuous batching with the "
+                    f"registered {impl!r}: flashkit's hook must now serve PagedAttentionCache")
+    assert model.config._attn_implementation == fk_hf.NAME

@@ -16,9 +16,11 @@ from . import _state
 
 __all__ = ["register", "is_registered", "kernelize", "NAME"]
 
-# transformers treats any attention implementation whose name contains "flash" as a
-# FlashAttention kernel to load from the hub (utils.generic.is_flash_attention_requested, 171
-# call sites in 5.24), so the name flashkit registers under has none.
+# transformers (5.22.2) treats any attention implementation whose name contains "flash" as a
+# FlashAttention kernel and loads flash_attn's functions from the hub for it, registered or not
+# (utils.generic.is_flash_attention_requested, called by
+# PreTrainedModel._check_and_adjust_attn_implementation), so the name flashkit registers under
+# has none. docs/integrations.md cites the lines; a contract test watches for a change.
 NAME = "fkit"
 
 

@@ -111,6 +111,11 @@ def _check_call(module, query, key, value, dropout, kwargs):
     if torch.is_grad_enabled() and any(t.requires_grad for t in (query, key, value)):
         raise _unsupported("backward (flashkit's attention kernels are forward only)",
                            "'sdpa' for training, or run under torch.no_grad()")
+    if kwargs.get("cache") is not None:
+        # Continuous batching passes its PagedAttentionCache here for the implementation to
+        # update and read; this hook never does, so it would attend to the new tokens only.
+        raise _unsupported("transformers' continuous batching (PagedAttentionCache; "
+                           "docs/integrations.md says why)", "'sdpa' or 'paged|eager'")
     for name in ("s_aux", "position_bias"):
         if kwargs.get(name) is not None:
             raise _unsupported(f"`{name}`")
