@@ -9,7 +9,7 @@ PYTEST_ARGS ?= -n 2
 PY         := $(VENV)/bin/python
 STAMP      := $(VENV)/.flashkit-installed
 
-.PHONY: demo test bench bench-apollo gpu-check wheels venv clean
+.PHONY: demo test lint bench bench-apollo gpu-check wheels venv clean
 
 $(STAMP): setup.py pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,8 +27,12 @@ $(DEMO_STAMP): $(STAMP)
 demo: $(DEMO_STAMP)
 	$(PY) -m flashkit demo
 
-test: $(STAMP)
+# ruff first (seconds; pyproject.toml's [tool.ruff]), then the suite.
+test: lint
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(PY) -m ruff check .
 
 bench: $(STAMP)
 	$(PY) -m flashkit bench

@@ -43,7 +43,7 @@ setup(
     name="flashkit",
     version=_version(),
     description="JIT-specialized attention, SSM-scan and MoE kernels as drop-in torch ops",
-    long_description=open(os.path.join(HERE, "README.md")).read() if os.path.exists(os.path.join(HERE, "README.md")) else "",
+    long_description=open(os.path.join(HERE, "README.md")).read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=PACKAGES,
@@ -71,7 +71,7 @@ setup(
         "transformers": TRANSFORMERS,
         # the simulators' --plot (cache-sim, reshard-sim, placement-sim); `make demo` installs it
         "plot": ["matplotlib>=3.7"],
-        "test": ["pytest>=8", "pytest-xdist>=3", "pytest-benchmark>=4", "hypothesis>=6",
+        "test": ["pytest>=8", "pytest-xdist>=3", "pytest-benchmark>=4", "hypothesis>=6", "ruff>=0.6",
                  *DEBLOAT, "nvidia-cuda-cuobjdump", *TRANSFORMERS,
                  # the chunk_ssd_scan benchmark's baseline; its tests check the mapping on CPU
                  "fla-core==0.6.0",

@@ -43,13 +43,13 @@ def measure_ceilings(device: str, quick: bool = False) -> dict:
     src = torch.empty(copy_bytes // 4, dtype=torch.float32, device=device).uniform_(generator=gen)
     dst = torch.empty_like(src)
     dst.copy_(src)
-    t_copy = measure(lambda: dst.copy_(src), device=device, **timing)
+    t_copy = measure(lambda dst=dst, src=src: dst.copy_(src), device=device, **timing)
     del src, dst
 
     a = torch.randn(m, k, dtype=dtype, device=device, generator=gen)
     b = torch.randn(k, n, dtype=dtype, device=device, generator=gen)
     torch.matmul(a, b)
-    t_mm = measure(lambda: torch.matmul(a, b), device=device, **timing)
+    t_mm = measure(lambda a=a, b=b: torch.matmul(a, b), device=device, **timing)
     del a, b
     if cuda:
         torch.cuda.empty_cache()

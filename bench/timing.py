@@ -3,9 +3,10 @@
 On CUDA each repetition is bracketed by CUDA events on the current stream. A Python call with
 argument checks issues kernels more slowly than a small kernel runs (tens of microseconds of
 host time, against a floor of about 3 us for an 8 MB merge at H100's ~3 TB/s), so an event pair
-around a bare call would time the launch, not the kernel. Before each repetition we therefore queue a spin kernel
-(``torch.cuda._sleep``) that lasts longer than the host needs to issue the call: the call's
-kernels wait in the queue behind it and run back to back, and the events measure GPU time only.
+around a bare call would time the launch, not the kernel. Before each repetition we therefore
+queue a spin kernel (``torch.cuda._sleep``) that lasts longer than the host needs to issue the
+call: the call's kernels wait in the queue behind it and run back to back, and the events measure
+GPU time only.
 With ``cold_l2`` a 256 MB buffer is zeroed before each repetition as well (L2 is 50 MB on H100,
 60 MB on H200), so inputs start in device memory.
 

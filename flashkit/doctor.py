@@ -43,7 +43,8 @@ def collect() -> dict:
         "torch": torch.__version__,
         "torch_cuda": torch.version.cuda or "none",
         "triton": _pkg("triton"),
-        "cuda-python": _pkg("cuda-bindings") if _pkg("cuda-bindings") != "not installed" else _pkg("cuda-python"),
+        "cuda-python": (_pkg("cuda-bindings") if _pkg("cuda-bindings") != "not installed"
+                        else _pkg("cuda-python")),
         "nvrtc": jit.get_backend("nvrtc").toolchain(),
         "nvcc": _first_line(["nvcc", "--version"], r"release [\d.]+"),
         "ninja": _pkg("ninja"),
@@ -56,7 +57,8 @@ def collect() -> dict:
     if torch.cuda.is_available():
         idx = torch.cuda.current_device()
         prop = torch.cuda.get_device_properties(idx)
-        info["gpu"] = f"{prop.name} (sm_{prop.major}{prop.minor}, {prop.total_memory / 2**30:.0f} GiB, {prop.multi_processor_count} SMs)"
+        info["gpu"] = (f"{prop.name} (sm_{prop.major}{prop.minor}, {prop.total_memory / 2**30:.0f} GiB, "
+                       f"{prop.multi_processor_count} SMs)")
         info["gpu_count"] = torch.cuda.device_count()
     else:
         info["gpu"] = "none"
@@ -68,7 +70,8 @@ def collect() -> dict:
         if not ok:
             backends[name] = f"unavailable: {why}"
         elif name == "triton":
-            backends[name] = "compile + run on GPU" if gpu else "run in the interpreter on CPU (TRITON_INTERPRET=1)"
+            backends[name] = ("compile + run on GPU" if gpu
+                              else "run in the interpreter on CPU (TRITON_INTERPRET=1)")
         elif name == "nvrtc":
             backends[name] = "compile + launch" if gpu else "compile only (no GPU to launch on)"
         else:

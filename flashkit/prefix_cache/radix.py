@@ -130,9 +130,9 @@ class RadixTree:
             m = min(len(k), n - pos)
             seg = tokens[pos:pos + m]
             same = k[:m] == seg
-            l = m if same.all() else int(np.argmin(same))
-            pos += l
-            if l < len(k):
+            common = m if same.all() else int(np.argmin(same))
+            pos += common
+            if common < len(k):
                 return path, child, pos
             path.append(child)
             node = child

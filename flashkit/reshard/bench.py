@@ -118,11 +118,11 @@ def _worker(rank, world, port, queue):
             dst = best_order(shapes, rules, src, Layout(2, 2))
         plan = plan_reshard(shapes, rules, src, dst)
         local = _local_state(shapes, rules, src, rank)
-        (ours, stats), t_ours = _timed(lambda: reshard(local, plan, rank, return_stats=True))
+        (ours, stats), t_ours = _timed(lambda local=local: reshard(local, plan, rank, return_stats=True))
         crc_ours = _crcs(ours)
         del ours
         (base, recv_b, peak_b), t_base = _timed(
-            lambda: _gather_everything(local, shapes, rules, src, dst, rank))
+            lambda local=local: _gather_everything(local, shapes, rules, src, dst, rank))
         same = _crcs(base) == crc_ours
         del base, local
         agg = torch.tensor([stats["bytes_received"], recv_b, stats["peak_staging_bytes"], peak_b,

@@ -35,8 +35,8 @@ PLANNER_BACKENDS = ("auto", "ninja", "python")
 @dataclasses.dataclass(frozen=True)
 class BackendRow:
     """``choices``: the accepted values; ``gpu`` / ``cpu``: what ``auto`` tries, in order, on
-    CUDA tensors / elsewhere (the last entry is taken when none is available); ``alias``: explicit values that mean another
-    backend; ``refused``: explicit values refused with their reason."""
+    CUDA tensors / elsewhere (the last entry is taken when none is available); ``alias``:
+    explicit values that mean another backend; ``refused``: explicit values refused with their reason."""
 
     choices: tuple[str, ...]
     gpu: tuple[str, ...]

@@ -7,7 +7,6 @@ combines; prefill items are query tiles over a request's whole KV and write the 
 """
 from __future__ import annotations
 
-import torch
 
 from flashkit import jit
 

@@ -140,6 +140,7 @@ def apollo_fused_update(param: torch.Tensor, grad: torch.Tensor, proj_grad: torc
         raise ValueError("param must be float16/bfloat16/float32 for backend='triton', "
                          "got torch.float64")
     # The optimizer calls this once per matrix per step: the eager bypass matters here.
-    eager_or_op(_apollo_op, _apollo_impl)(param, grad, proj_grad, exp_avg, exp_avg_sq, limiter_norm, step, float(lr),
-       float(beta1), float(beta2), float(eps), float(weight_decay), float(scale), scale_type,
-       float(limiter_gamma), backend)
+    eager_or_op(_apollo_op, _apollo_impl)(
+        param, grad, proj_grad, exp_avg, exp_avg_sq, limiter_norm, step, float(lr), float(beta1),
+        float(beta2), float(eps), float(weight_decay), float(scale), scale_type,
+        float(limiter_gamma), backend)

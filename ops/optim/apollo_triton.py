@@ -35,8 +35,8 @@ _MAX_BLOCK_P = 256
 @memoized_spec
 def apollo_step_triton_spec(scale_type: str, param_dtype: torch.dtype) -> jit.KernelSpec:
     dtype = PARAM_DTYPES[param_dtype]
-    return jit.KernelSpec.create(f"apollo_fused_update_triton_{dtype_tag(param_dtype)}_{scale_type}", "triton",
-                                 "optim/apollo_step.py.j2",
+    name = f"apollo_fused_update_triton_{dtype_tag(param_dtype)}_{scale_type}"
+    return jit.KernelSpec.create(name, "triton", "optim/apollo_step.py.j2",
                                  {"scale_type": scale_type, "param_dtype": dtype,
                                   "scale_eps": float(SCALE_EPS)})
 

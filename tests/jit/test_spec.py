@@ -10,11 +10,11 @@ import pytest
 from flashkit import jit
 from flashkit.jit import KernelSpec
 
+from .specs import BACKENDS, TEMPLATES, nvrtc_spec, run_python, spec_code, spec_for
+
 # The package re-exports the function render() under the submodule's name.
 render_mod = importlib.import_module("flashkit.jit.render")
 spec_mod = importlib.import_module("flashkit.jit.spec")
-
-from .specs import BACKENDS, TEMPLATES, nvrtc_spec, run_python, spec_code, spec_for
 
 # One line a compiler would ignore, per source language: editing it changes only the text.
 COMMENT = {"triton": "# edited\n", "nvrtc": "// edited\n", "ninja": "// edited\n"}
