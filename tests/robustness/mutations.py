@@ -15,6 +15,8 @@ import re
 import torch
 from hypothesis import strategies as st
 
+from .framework import tried_example
+
 MUTATIONS = ("dtype", "meta", "strided", "drop_dim", "add_dim", "grow", "zero", "nan", "inf")
 
 
@@ -80,3 +82,13 @@ def check_mutation(call, make_kwargs, name: str, how: str, dim: int) -> bool:
             # float32 GEMMs may sum in another order for another stride: 1e-4, not bitwise
             torch.testing.assert_close(g, w, equal_nan=True, atol=1e-4, rtol=1e-4)
     return True
+
+
+def mutate_one(ops: dict, op: str, data) -> None:
+    """One property example over a family's ``ops`` table (name -> (call, make_kwargs)): one
+    tensor argument of ``op``, drawn from ``data``, broken one way (see check_mutation)."""
+    call, make = ops[op]
+    tensors = [k for k, v in make().items() if isinstance(v, torch.Tensor)]
+    name, how, dim = data.draw(mutation_args(tensors))
+    if check_mutation(call, make, name, how, dim):
+        tried_example()

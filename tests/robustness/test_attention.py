@@ -14,7 +14,7 @@ import flashkit.ops.attention as A
 from flashkit.ops.attention import reference
 
 from .framework import Case, table, tried_example
-from .mutations import check_mutation, mutation_args
+from .mutations import mutate_one
 
 HQ, HK, D, PS = 4, 2, 16, 4
 F16 = torch.float16
@@ -421,8 +421,4 @@ OPS = {
 @settings(max_examples=150, deadline=None, database=None)
 @given(st.sampled_from(sorted(OPS)), st.data())
 def test_attention_mutation_property(op, data):
-    call, make = OPS[op]
-    tensors = [k for k, v in make().items() if isinstance(v, torch.Tensor)]
-    name, how, dim = data.draw(mutation_args(tensors))
-    if check_mutation(call, make, name, how, dim):
-        tried_example()
+    mutate_one(OPS, op, data)
