@@ -294,7 +294,8 @@ class Engine:
         self._free(own[~keep[req.hit:]])
         self.cache.tree.unlock(req.node)
         self.cache.requests += 1
-        self.cache.observe(req.seq[:req.n_input], req.seq[req.n_input:])  # the online alpha
+        # the online alpha
+        self.cache.observe(req.seq[:req.n_input], req.seq[req.n_input:], req.hit)
 
     def live_slots_ok(self, live: list[Request]) -> bool:
         """No slot a live request reads is free, and no slot is free twice."""

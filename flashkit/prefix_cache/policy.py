@@ -21,7 +21,9 @@ merged. Alpha absorbs any residual scale.
 Online alpha (``tuner.AlphaTuner``): LRU until the first eviction; from then on one shadow
 cache per alpha of a log grid serves every request too, and every 50 requests the real cache
 takes the alpha whose shadow saved the most FLOPs over the last 500 requests (LRU unless that
-beats LRU's shadow by 5%).
+beats LRU's shadow by 5%), checked on the real cache itself: a switch away from where it stands
+must first win on a fork of it (while it is not ahead of LRU's shadow), and it falls back to LRU
+while its own savings trail LRU's shadow's by more than 0.25%.
 """
 from __future__ import annotations
 
@@ -159,7 +161,7 @@ class PrefixCache:
         finally:
             self.tree.unlock(node)
         self.requests += 1
-        self.observe(inp, seq[len(inp):])
+        self.observe(inp, seq[len(inp):], node.end)
         return node.end
 
     # -- online alpha ---------------------------------------------------------------------
@@ -178,9 +180,10 @@ class PrefixCache:
             return
         self._start_tuner = True  # mid-insertion here: copy the tree once the request ends
 
-    def observe(self, input_tokens, output_tokens):
+    def observe(self, input_tokens, output_tokens, hit: int):
         """A request ended (``serve`` calls this; an engine calls it after ``admit``): feed
-        the tuner, and take the alpha it chooses."""
+        the tuner (``hit``: this request's hit length, for its guard and probe), and take the
+        alpha it chooses."""
         if self.tuner is None:
             return
         if self._start_tuner:
@@ -188,7 +191,7 @@ class PrefixCache:
             self.tuner.start(self)
             return
         if self.tuner.started:
-            alpha = self.tuner.observe(self, input_tokens, output_tokens)
+            alpha = self.tuner.observe(self, input_tokens, output_tokens, hit)
             if alpha is not None:
                 self.tuned_alpha = alpha
                 if alpha != self.alpha:

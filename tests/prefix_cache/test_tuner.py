@@ -24,8 +24,9 @@ def test_grid_is_log_spaced_from_zero_to_1e5():
 
 @pytest.mark.parametrize("window,margin", [(None, 0.0), (100, 0.0), (None, 0.5)])
 def test_shadows_equal_a_replay_from_the_first_eviction(trace, window, margin):
-    cache = PrefixCache(CFG, 3e9, "marconi", tuner=AlphaTuner(grid=(0.0, 3.0, 1e3), every=20,
-                                                             window=window, margin=margin))
+    # the shadows' own choice: no probe or guard between it and the real cache's alpha
+    cache = PrefixCache(CFG, 3e9, "marconi", tuner=AlphaTuner(
+        grid=(0.0, 3.0, 1e3), every=20, window=window, margin=margin, guard=None, probe=False))
     snapshots, started_at = None, None
     for i, r in enumerate(trace):
         cache.serve(r["input_tokens"], r["output_tokens"])
@@ -60,7 +61,7 @@ def test_ties_go_to_the_smallest_alpha_and_lru_is_kept_where_nothing_differs(tra
 
     class C:
         config, requests = CFG, 0
-    assert t.observe(C, [1, 2], [3]) == 0.0
+    assert t.observe(C, [1, 2], [3], 0) == 0.0
 
 
 def test_deterministic_and_recorded(trace):
@@ -77,7 +78,8 @@ def test_deterministic_and_recorded(trace):
                                                              "grid"),
     (dict(every=0), "every"), (dict(every=10, window=15), "window"),
     (dict(every=10, window=5), "window"), (dict(margin=1.0), "margin"),
-    (dict(margin=-0.1), "margin")])
+    (dict(margin=-0.1), "margin"), (dict(guard=1.0), "guard"), (dict(guard=-0.1), "guard"),
+    (dict(grid=(1.0, 2.0)), "guard")])
 def test_bad_tuner_arguments(kw, msg):
     with pytest.raises(ValueError, match=msg):
         AlphaTuner(**kw)
