@@ -32,7 +32,7 @@ def test_guard_falls_back_to_lru_when_the_real_cache_trails(agent):
     # probe off: the shadows' switch is taken, the real cache falls behind, the guard takes over
     t = AlphaTuner(probe=False)
     cache = PrefixCache(CFG, 0.5e9, "marconi", tuner=t)
-    lru_shadow_flops, real_flops, started = 0.0, 0.0, False
+    real_flops, started = 0.0, False
     for r in agent:
         hit = cache.serve(r["input_tokens"], r["output_tokens"])
         if started:  # the independent sum of what the real cache saved since the shadows began
