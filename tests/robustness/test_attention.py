@@ -194,7 +194,7 @@ test_single = table([
     Case("decode-window-huge", sd(window_left=2**40), ValueError, r"window_left"),
     Case("decode-k-scale-inf", sd(k_scale=math.inf), ValueError, r"k_scale"),
     Case("decode-layout", sd(kv_layout="NDH"), ValueError, r"kv_layout"),
-    Case("decode-backend", sd(backend="cudnn"), ValueError, r"backend must be one of"),
+    Case("decode-backend", sd(backend="tensorrt"), ValueError, r"backend must be one of"),
     Case("decode-empty-kv", sd(k=K[:0], v=V[:0], return_lse=True), None, r"-inf"),
     Case("prefill-mask-shape", sp(custom_mask=torch.ones(2, 5, dtype=torch.bool)), ValueError,
          r"custom_mask must have shape \(3, 5\)"),
