@@ -112,7 +112,7 @@ def simulate_llm(trace: LLMTrace, policy: str, *, n_instances: int = 64,
         sync(h, now)
         used[h] -= ctx[j] + (now - admitted_at[j])
         active[h] -= 1
-        eng.release(j, now)
+        eng.release(j, now, reindex=False)              # publish() re-indexes h
 
     def admit(now):
         nonlocal waited, wait_steps
@@ -122,13 +122,13 @@ def simulate_llm(trace: LLMTrace, policy: str, *, n_instances: int = 64,
             grow = pred.remaining(j, now) if lifetime_aware else 1
             eng.need0[j] = min(1.0, (ctx[j] + grow) / cap)
             while True:
-                h = eng.place(j, now)
+                h = eng.place(j, now, reindex=False)    # publish() re-indexes h
                 if h < 0:
                     return
                 sync(h, now)
                 if used[h] + ctx[j] + 1 <= cap and active[h] < max_batch:
                     break
-                eng.release(j, now)                     # the index was stale: KV grew
+                eng.release(j, now, reindex=False)      # the index was stale: KV grew
                 publish(h, now)
             queue.popleft()
             wait_steps += now - queued_at[j]
