@@ -20,18 +20,15 @@ def _pair(policy, n_hosts, n, seed):
     starts = np.sort(rng.uniform(0, 100, n))
     life = rng.lognormal(2.0, 1.5, n)
     model = LifetimeModel(life, rng.integers(0, 3, n))
+    item_cls = rng.integers(0, model.n_classes, n)
     engines = []
     for scan in (True, False):
         pred = Predictor(model, "repredict", noise=0.5, seed=seed)
-        pred.bind(model_classes(model, n, seed), starts, starts + life)
+        pred.bind(item_cls, starts, starts + life)
         e = PlacementEngine(n_hosts, make_policy(policy), pred, cpu, mem, r0=1.0)
         e.scan = scan
         engines.append(e)
     return engines, starts, life
-
-
-def model_classes(model, n, seed):
-    return np.random.default_rng(seed + 1).integers(0, model.n_classes, n)
 
 
 @pytest.mark.parametrize("policy", sorted(POLICIES))
