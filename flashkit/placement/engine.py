@@ -11,11 +11,13 @@ import math
 
 import numpy as np
 
-from .index import _EPS, HostIndex
+from .index import _EPS, _SCAN, HostIndex
 from .lifetimes import Predictor
 from .policies import Policy
 
 __all__ = ["PlacementEngine"]
+
+_SCAN_HOSTS = 512
 
 
 class PlacementEngine:
@@ -62,6 +64,10 @@ class PlacementEngine:
         self.need0, self.need1 = n0.tolist(), n1.tolist()
         self.index = HostIndex(n_hosts, n_classes, q)
         self.free0, self.free1 = [1.0] * n_hosts, [1.0] * n_hosts
+        self._f0, self._f1 = np.ones(n_hosts), np.ones(n_hosts)     # the same, as arrays
+        # up to this many hosts a placement scans every host as arrays (a dozen numpy calls,
+        # whatever the cells); above it the cell index visits only the best cells
+        self.scan = n_hosts <= _SCAN_HOSTS
         self.items: list[set] = [set() for _ in range(n_hosts)]
         self.exit = [0.0] * n_hosts                     # predicted empty time
         self.anchor = [-1] * n_hosts                    # the item whose exit that is
@@ -86,6 +92,7 @@ class PlacementEngine:
         return min(self.n_classes - 1, 1 + int(math.log2(r / self.r0)))
 
     def _reindex(self, h: int, now: float) -> None:
+        self._f0[h], self._f1[h] = self.free0[h], self.free1[h]
         if h in self.excluded:
             return
         if not self.items[h]:
@@ -95,9 +102,10 @@ class PlacementEngine:
         self.host_cls[h] = cls
         self.index.put(h, self.index.cell(cls, self.free0[h], self.free1[h]))
 
-    def place(self, item: int, now: float) -> int:
+    def place(self, item: int, now: float, *, reindex: bool = True) -> int:
         """Place ``item`` (arriving or migrating) at time ``now``; its host, or -1 if no
-        host has room."""
+        host has room. ``reindex=False``: the caller overwrites the host's free capacity
+        with :meth:`set_free` before the next placement, which re-indexes it once."""
         n0, n1 = self.need0[item], self.need1[item]
         r = self.predictor.remaining(item, now)
         cls = self.life_class(r)
@@ -112,17 +120,49 @@ class PlacementEngine:
         def key(h):
             return self.policy.host_key(self, h, n0, n1)
 
-        for cell, sure in self.index.candidates(n0, n1, static, self.policy.by_id):
-            h = self.index.pick(cell, sure, fits, key)
-            if h is not None:
-                break
+        if self.scan:
+            h = self._pick_scan(n0, n1, static, fits, key)
+            if h is None:
+                return -1
         else:
-            return -1
-        self.assign(item, h, now, r)
+            for cell, sure in self.index.candidates(n0, n1, static, self.policy.by_id):
+                h = self.index.pick(cell, sure, fits, key)
+                if h is not None:
+                    break
+            else:
+                return -1
+        self.assign(item, h, now, r, reindex=reindex)
         return h
 
-    def assign(self, item: int, h: int, now: float, r: float | None = None) -> None:
-        """Put ``item`` on host ``h`` without asking the policy (capacity is checked)."""
+    def _pick_scan(self, n0: float, n1: float, static: np.ndarray, fits, key):
+        """The host the cell walk (``index.candidates`` then ``index.pick``) would choose, from
+        one pass over all hosts: the walk stops at the first cell, by (score, cell id), holding
+        a host that fits, so that cell is the minimum over the fitting hosts' cells."""
+        idx = self.index
+        nb0, nb1 = idx.bucket(n0), idx.bucket(n1)
+        ok = ((idx.host_b0 >= nb0) & (idx.host_b1 >= nb1)
+              & (self._f0 >= n0 - _EPS) & (self._f1 >= n1 - _EPS))
+        hosts = ok.nonzero()[0]
+        if hosts.size == 0:
+            return None
+        cells = idx.host_cell[hosts]
+        # (score, cell id) as one float: scores are integers below 2^40, cell ids below 2^13,
+        # so the sum stays an exact integer (below 2^53)
+        s = (static[cells] + self.policy.by_id * idx._min[cells]) * 8192.0 + cells
+        cell = int(cells[int(s.argmin())])
+        size = len(idx.members[cell])
+        if size > _SCAN:                            # the walk does not search such a cell whole
+            w = idx.q + 1
+            b0, b1 = divmod(cell % (w * w), w)
+            sure = b0 > nb0 and b1 > nb1
+            return idx.pick(cell, sure, fits, key)
+        mine = hosts[cells == cell]                 # ascending ids: argmin breaks ties by id
+        return int(mine[int(self.policy.host_key_many(self, mine, n0, n1).argmin())])
+
+    def assign(self, item: int, h: int, now: float, r: float | None = None, *,
+               reindex: bool = True) -> None:
+        """Put ``item`` on host ``h`` without asking the policy (capacity is checked);
+        ``reindex`` as for :meth:`place`."""
         n0, n1 = self.need0[item], self.need1[item]
         if self.free0[h] < n0 - _EPS or self.free1[h] < n1 - _EPS:
             raise ValueError(f"item {item} does not fit host {h}")
@@ -138,10 +178,12 @@ class PlacementEngine:
         self.item_host[item] = h
         if now + r >= self.exit[h]:
             self.exit[h], self.anchor[h] = now + r, item
-        self._reindex(h, now)
+        if reindex:
+            self._reindex(h, now)
 
-    def release(self, item: int, now: float) -> int:
-        """Remove ``item`` from its host (it exited or is migrating); returns the host."""
+    def release(self, item: int, now: float, *, reindex: bool = True) -> int:
+        """Remove ``item`` from its host (it exited or is migrating); returns the host.
+        ``reindex`` as for :meth:`place`."""
         h = int(self.item_host[item])
         if h < 0:
             raise ValueError(f"item {item} is not placed")
@@ -158,7 +200,8 @@ class PlacementEngine:
             # only the item that set the host's empty time can move it; the others were below
             rem = self.predictor.remaining
             self.exit[h], self.anchor[h] = max((now + rem(i, now), i) for i in self.items[h])
-        self._reindex(h, now)
+        if reindex:
+            self._reindex(h, now)
         return h
 
     def set_free(self, h: int, free0: float, free1: float, now: float) -> None:

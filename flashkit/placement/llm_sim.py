@@ -83,7 +83,13 @@ def simulate_llm(trace: LLMTrace, policy: str, *, n_instances: int = 64,
     ctx, done = list(ctx0), [0] * n                     # context now, tokens generated so far
     admitted_at = [0.0] * n
     dep_ver = [0] * n
-    events: list = []                                   # (time, kind, id, version)
+    # departures (time, request, version) and "KV full" times (time, instance, version), in
+    # two heaps: every publish() moves an instance's full time, so that heap would fill with
+    # stale entries (about 2 per request); it is rebuilt from the live ones when it outgrows
+    # the instances. At equal times a departure goes first.
+    events: list = []
+    fulls: list = []
+    full_at = [math.inf] * n_instances
     queue: collections.deque = collections.deque()
     preemptions = waited = 0
     wait_steps = 0.0
@@ -105,14 +111,21 @@ def simulate_llm(trace: LLMTrace, policy: str, *, n_instances: int = 64,
     def publish(h, now):
         ver[h] += 1
         if active[h]:
-            heapq.heappush(events, (now + (cap - used[h]) / active[h], 1, h, ver[h]))
+            full_at[h] = t = now + (cap - used[h]) / active[h]
+            if len(fulls) > 4 * n_instances + 64:
+                fulls[:] = [(full_at[k], k, ver[k]) for k in range(n_instances)
+                            if full_at[k] < math.inf and k != h]
+                heapq.heapify(fulls)
+            heapq.heappush(fulls, (t, h, ver[h]))
+        else:
+            full_at[h] = math.inf
         eng.set_free(h, max(0.0, 1 - used[h] / cap), 1 - active[h] * slot, now)
 
     def leave(j, h, now):
         sync(h, now)
         used[h] -= ctx[j] + (now - admitted_at[j])
         active[h] -= 1
-        eng.release(j, now)
+        eng.release(j, now, reindex=False)              # publish() re-indexes h
 
     def admit(now):
         nonlocal waited, wait_steps
@@ -122,13 +135,13 @@ def simulate_llm(trace: LLMTrace, policy: str, *, n_instances: int = 64,
             grow = pred.remaining(j, now) if lifetime_aware else 1
             eng.need0[j] = min(1.0, (ctx[j] + grow) / cap)
             while True:
-                h = eng.place(j, now)
+                h = eng.place(j, now, reindex=False)    # publish() re-indexes h
                 if h < 0:
                     return
                 sync(h, now)
                 if used[h] + ctx[j] + 1 <= cap and active[h] < max_batch:
                     break
-                eng.release(j, now)                     # the index was stale: KV grew
+                eng.release(j, now, reindex=False)      # the index was stale: KV grew
                 publish(h, now)
             queue.popleft()
             wait_steps += now - queued_at[j]
@@ -139,19 +152,21 @@ def simulate_llm(trace: LLMTrace, policy: str, *, n_instances: int = 64,
             pred.end_l[j] = pred.end[j] = now + rem        # the oracle knows the delay too
             newest[h].append(j)
             dep_ver[j] += 1
-            heapq.heappush(events, (now + rem, 0, j, dep_ver[j]))
+            heapq.heappush(events, (now + rem, j, dep_ver[j]))
             publish(h, now)
 
     now = 0.0
     while True:
         t_arr = arrive[i] if i < n else math.inf
-        t_ev = events[0][0] if events else math.inf
+        t_dep = events[0][0] if events else math.inf
+        t_full = fulls[0][0] if fulls else math.inf
+        t_ev = min(t_dep, t_full)
         now = min(t_arr, t_ev, next_sample, next_refresh)
         if completed == n or now == math.inf:
             break
         if now == t_ev:
-            _, kind, x, v = heapq.heappop(events)
-            if kind == 0:                               # departure
+            if t_dep <= t_full:                         # departure
+                _, x, v = heapq.heappop(events)
                 if v != dep_ver[x]:
                     continue
                 h = int(eng.item_host[x])
@@ -162,6 +177,7 @@ def simulate_llm(trace: LLMTrace, policy: str, *, n_instances: int = 64,
                 publish(h, now)
                 admit(now)
             else:                                       # instance x's KV is full
+                _, x, v = heapq.heappop(fulls)
                 if v != ver[x]:
                     continue
                 stack = newest[x]

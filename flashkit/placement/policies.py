@@ -31,6 +31,11 @@ class Policy:
         """Order of hosts within one cell (all share class and buckets): tightest fit, then id."""
         return (eng.free0[h] - need0 + eng.free1[h] - need1, h)
 
+    def host_key_many(self, eng, hosts: np.ndarray, need0: float, need1: float) -> np.ndarray:
+        """:meth:`host_key` for ascending host ids ``hosts`` at once, without the id (the
+        first minimum wins); a subclass overriding one overrides both."""
+        return eng._f0[hosts] - need0 + eng._f1[hosts] - need1
+
     def drain_order(self, eng, items: list[int], now: float, deadline: float, rng):
         """Items of hosts under maintenance -> (migrate in this order, wait for these to exit
         until the deadline). Without lifetimes there is no better order than any: the baselines
@@ -48,6 +53,9 @@ class FirstFit(Policy):
 
     def host_key(self, eng, h, need0, need1):
         return h
+
+    def host_key_many(self, eng, hosts, need0, need1):
+        return hosts
 
 
 class BestFit(Policy):
