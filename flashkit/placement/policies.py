@@ -6,6 +6,8 @@ time to empty, log2 buckets; the last class = empty hosts) and its free buckets 
 """
 from __future__ import annotations
 
+import abc
+
 import numpy as np
 
 __all__ = ["Policy", "FirstFit", "BestFit", "NILAS", "LAVA", "LARS", "POLICIES", "make_policy"]
@@ -14,18 +16,18 @@ __all__ = ["Policy", "FirstFit", "BestFit", "NILAS", "LAVA", "LARS", "POLICIES",
 _W_LIFE, _W_FILL = 1e9, 1e5
 
 
-class Policy:
+class Policy(abc.ABC):
     """Base: subclasses set ``name`` and override :meth:`cell_score`."""
 
     name = "policy"
     by_id = 1.0        # weight of the cell's lowest host id in its score (the final tie-break)
     uses_lifetime = True   # False: all occupied hosts share one class (baselines ignore it)
 
+    @abc.abstractmethod
     def cell_score(self, eng, item_cls: int) -> np.ndarray:
         """Static score per index cell (shape ``eng.index.shape``) for an item of lifetime
         class ``item_cls``, lower is better; the engine adds ``by_id`` x the cell's lowest host
         id. Called once per item class and engine, so it may be slow."""
-        raise NotImplementedError
 
     def host_key(self, eng, h: int, need0: float, need1: float):
         """Order of hosts within one cell (all share class and buckets): tightest fit, then id."""
