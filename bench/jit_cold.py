@@ -44,9 +44,8 @@ spec = decode_cuda_spec(torch.bfloat16, 128, "NHD", arch)
 t = time.perf_counter(); jit.build(spec); print(time.perf_counter() - t)
 """
 
-_TRITON_GPU = """
-import time, torch
-from flashkit.ops.attention import BatchDecodeWithPagedKVCacheWrapper
+# One paged decode batch (kv 1000 and 300, GQA 32/8, hd128, page 16, bf16), planned on the GPU.
+_GPU_DECODE_PLAN = """
 dev, bf16 = "cuda", torch.bfloat16
 lens = [1000, 300]
 pages = [-(-n // 16) for n in lens]
@@ -56,6 +55,12 @@ cache = torch.randn(sum(pages), 2, 16, 8, 128, device=dev, dtype=bf16)
 q = torch.randn(2, 32, 128, device=dev, dtype=bf16)
 w = BatchDecodeWithPagedKVCacheWrapper(torch.empty(1 << 24, dtype=torch.uint8, device=dev))
 w.plan(indptr, torch.arange(sum(pages), dtype=torch.int32), last, 32, 8, 128, 16, q_data_type=bf16)
+"""
+
+_TRITON_GPU = """
+import time, torch
+from flashkit.ops.attention import BatchDecodeWithPagedKVCacheWrapper
+""" + _GPU_DECODE_PLAN + """
 times = []
 for _ in range(2):
     torch.cuda.synchronize(); t = time.perf_counter()
@@ -105,15 +110,7 @@ from flashkit.ops.scheduler import planner_spec
 from flashkit.ops.scheduler.background import wait
 torch.empty(1, device="cuda")  # the CUDA context and the imports are not the JIT's wait
 t = time.perf_counter()
-dev, bf16 = "cuda", torch.bfloat16
-lens = [1000, 300]
-pages = [-(-n // 16) for n in lens]
-indptr = torch.tensor([0, pages[0], sum(pages)], dtype=torch.int32)
-last = torch.tensor([n - (p - 1) * 16 for n, p in zip(lens, pages)], dtype=torch.int32)
-cache = torch.randn(sum(pages), 2, 16, 8, 128, device=dev, dtype=bf16)
-q = torch.randn(2, 32, 128, device=dev, dtype=bf16)
-w = BatchDecodeWithPagedKVCacheWrapper(torch.empty(1 << 24, dtype=torch.uint8, device=dev))
-w.plan(indptr, torch.arange(sum(pages), dtype=torch.int32), last, 32, 8, 128, 16, q_data_type=bf16)
+""" + _GPU_DECODE_PLAN + """
 w.run(q, cache); torch.cuda.synchronize()
 print(time.perf_counter() - t)
 wait(planner_spec(), timeout=600)
