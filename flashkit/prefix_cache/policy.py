@@ -4,9 +4,9 @@
   and, found by a speculative insertion of the input before prefill, at the point where the
   input leaves the tree if that point has no state (an edge split or a stateless branch node:
   purely-input reuse). Eviction score = recency / H + alpha * hits * efficiency / E, where
-  efficiency is FLOPs saved beyond the parent per byte the node holds, hits the times the
-  node's state was a hit or was written (the paper weighs efficiency alone; counting reuse
-  is flashkit's, measured in docs/cache.md), and alpha is tuned online (below).
+  efficiency is FLOPs saved beyond the parent per byte the node holds, hits = 1 when the
+  node's state was written + 1 per hit it served (the paper weighs efficiency alone; counting
+  reuse is flashkit's, measured in docs/cache.md), and alpha is tuned online (below).
 * ``sglang``: Marconi's admission, LRU eviction.
 * ``vllm``: a state every ``block`` tokens of input+output (only full blocks are cached, so hits
   are exact block matches), LRU eviction.
@@ -100,10 +100,10 @@ class PrefixCache:
     def _score(self, n: Node) -> float:
         if self.alpha == 0.0:
             return float(self.tree.recency(n))
-        # FLOPs a hit saves, times the hits seen: measured against plain efficiency (the
-        # paper's) with the same tuner, mean gain over SGLang+ +3.15% -> +10.71% on the 18
-        # configurations of docs/cache.md (swebench 2.5 GB: a hot shared prefix's state
-        # outvotes a fresher one-off state only when its reuse counts)
+        # FLOPs a hit saves, times the uses seen (docs/cache.md, seed 0, 18 configurations:
+        # mean gain over SGLang+ +3.15% with plain efficiency, the paper's, +34.27% with hits
+        # and the tuner's release; a shared prefix's state, hit by every turn, outvotes a
+        # fresher one-off state only when its reuse counts)
         return (self.tree.recency(n) / self._H
                 + self.alpha * n.hits * self.efficiency(n) / self._E)
 

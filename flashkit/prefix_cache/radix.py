@@ -13,8 +13,9 @@ it or on any descendant; ``used_bytes`` and ``locked_bytes`` equal the sums over
 Eviction (``evict_one``): candidates are unlocked non-root nodes with at most one child. A
 stateless candidate is useless (no hit can end there) and goes first; otherwise the node with
 the smallest ``score`` goes (the policy supplies it: LRU, or Marconi's recency + alpha *
-FLOP efficiency). A leaf is dropped with its KV and state; a node with one child drops its state
-and its KV merges into the child. Candidates live in a binary heap with lazy invalidation: a
+hits * FLOP efficiency; ``Node.hits`` is 1 when a state is written + 1 per ``touch`` as a
+hit). A leaf is dropped with its KV and state; a node with one child drops its state and its
+KV merges into the child. Candidates live in a binary heap with lazy invalidation: a
 node whose score or candidacy changes gets a new version and a new entry, and stale entries are
 skipped when popped, so an eviction costs O(log n) amortized and never walks the tree.
 """

@@ -66,8 +66,9 @@ class AlphaTuner:
     release : while guarded, keep probing the shadows' candidate; a probe that beat the real
         cache (playing LRU) over a period lets it out, and the guard then counts the deficit
         from there. Measured: a guard tripped by one bad early switch otherwise holds LRU for
-        the rest of the trace while the shadows run 2-4x ahead of it (swebench seed 1,
-        2.5 GB: -0.67% -> +95.7% vs SGLang+; mean over 18 configurations +9.81% -> +10.71%)
+        the rest of the trace (swebench seed 0, 2.5 GB: -0.41% -> +149.8% vs SGLang+; mean
+        over the 13 contended configurations of docs/cache.md +25.40% -> +46.19% at seed 0,
+        +29.61% -> +40.64% at seed 1)
     """
 
     def __init__(self, grid=GRID, every: int = 50, window: int | None = 500,
