@@ -13,8 +13,9 @@ it or on any descendant; ``used_bytes`` and ``locked_bytes`` equal the sums over
 Eviction (``evict_one``): candidates are unlocked non-root nodes with at most one child. A
 stateless candidate is useless (no hit can end there) and goes first; otherwise the node with
 the smallest ``score`` goes (the policy supplies it: LRU, or Marconi's recency + alpha *
-FLOP efficiency). A leaf is dropped with its KV and state; a node with one child drops its state
-and its KV merges into the child. Candidates live in a binary heap with lazy invalidation: a
+hits * FLOP efficiency; ``Node.hits`` is 1 when a state is written + 1 per ``touch`` as a
+hit). A leaf is dropped with its KV and state; a node with one child drops its state and its
+KV merges into the child. Candidates live in a binary heap with lazy invalidation: a
 node whose score or candidacy changes gets a new version and a new entry, and stale entries are
 skipped when popped, so an eviction costs O(log n) amortized and never walks the tree.
 """
@@ -34,7 +35,7 @@ __all__ = ["RadixTree", "Node"]
 
 class Node:
     __slots__ = ("parent", "children", "key", "start", "end", "kv", "state", "refs", "last",
-                 "slast", "ver", "alive")
+                 "slast", "ver", "alive", "hits")
 
     def __init__(self, parent, key, start, kv, last):
         self.parent = parent
@@ -49,6 +50,7 @@ class Node:
         self.slast = last
         self.ver = 0
         self.alive = True
+        self.hits = 0  # 1 when its state is written, + 1 per hit it serves
 
 
 def _concat(a, b):
@@ -149,12 +151,13 @@ class RadixTree:
         path), a node with one child gives up only its state (last used as a hit itself)."""
         return n.slast if n.children else n.last
 
-    def touch(self, node: Node):
-        """A hit (or an insertion) ending at ``node``: its state was used now and the KV of the
-        whole path. Only ``node``'s eviction key changes (its ancestors have children, so their
-        key is their state's recency), so only it is re-pushed."""
+    def touch(self, node: Node, hit: bool = True):
+        """A hit (or, ``hit=False``, an insertion) ending at ``node``: its state was used now
+        and the KV of the whole path. Only ``node``'s eviction key changes (its ancestors have
+        children, so their key is their state's recency), so only it is re-pushed."""
         self.clock += 1
         node.slast = self.clock
+        node.hits += hit
         n = node
         while n is not self.root:
             n.last = self.clock
@@ -198,6 +201,7 @@ class RadixTree:
         if n.state is None:
             n.state = state
             n.slast = self.clock
+            n.hits = 1  # written: one use, then one per hit it serves
             self.num_states += 1
             self._add_bytes(n, self.state_bytes)
             self._dirty.append(n)
@@ -246,14 +250,17 @@ class RadixTree:
             if n.end != p:
                 n = self._split(n, p)  # path[i] keeps the lower part, now starting at p
             self._set_state(n, states[p])
-        self._flush()
-        self.touch(path[-1])
+        self._flush(skip=path[-1])
+        self.touch(path[-1], hit=False)
         return adopted, path[-1]
 
-    def _flush(self):
-        """Re-key every node an insertion changed, once each."""
+    def _flush(self, skip=None):
+        """Re-key every node an insertion changed, once each; ``skip`` (the node the insertion
+        then touches, which re-keys it) is left out: a hit count in the score makes its key
+        rise at the touch, and the stale entry below it would cost a heap pop later."""
         for n in {id(n): n for n in self._dirty}.values():
-            self._push(n)
+            if n is not skip:
+                self._push(n)
         self._dirty = []
 
     def _insert_path(self, tokens, kv):

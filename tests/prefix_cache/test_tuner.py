@@ -25,8 +25,8 @@ def test_grid_is_log_spaced_from_zero_to_1e5():
 @pytest.mark.parametrize("window,margin", [(None, 0.0), (100, 0.0), (None, 0.5)])
 def test_shadows_equal_a_replay_from_the_first_eviction(trace, window, margin):
     # the shadows' own choice: no probe or guard between it and the real cache's alpha
-    cache = PrefixCache(CFG, 3e9, "marconi", tuner=AlphaTuner(
-        grid=(0.0, 3.0, 1e3), every=20, window=window, margin=margin, guard=None, probe=False))
+    cache = PrefixCache(CFG, 1.5e9, "marconi", tuner=AlphaTuner(
+        grid=(0.0, 1.0, 30.0), every=20, window=window, margin=margin, guard=None, probe=False))
     snapshots, started_at = None, None
     for i, r in enumerate(trace):
         cache.serve(r["input_tokens"], r["output_tokens"])
