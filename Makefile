@@ -61,7 +61,7 @@ wheels:
 # On a GPU machine whose python already has a CUDA torch, triton and the test tools (no package
 # index needed): install flashkit in place and the carried wheels, then run the prepared check
 # (python -m flashkit.gpucheck: environment and ceilings, GPU tests, benchmarks, cold JIT; one
-# JSON per section in GPU_OUT as it ends; default budget 450 s). GPU_OUT defaults to
+# JSON per section in GPU_OUT as it ends; default budget 475 s). GPU_OUT defaults to
 # bench/results/gpucheck_<date>_<commit>/; `make gpu-check GPUCHECK_ARGS=--dry-run` shows the plan.
 GPU_OUT       ?=
 GPU_BUDGET_S  ?=

@@ -171,7 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
     unbundle.add_argument("path")
     unbundle.set_defaults(fn=_cmd_jit_unbundle)
 
-    # Each family or integration owns its subcommands: bench; cache-sim, cache-trace;
+    # Each family or integration owns its subcommands: bench; cache-sim, cache-trace, cache-latency;
     # reshard-sim, reshard-trace; debloat inspect | prune | trace; placement-sim, placement-trace.
     for owner in ("bench", "prefix_cache", "reshard", "debloat", "placement"):
         importlib.import_module(f"flashkit.{owner}.cli").add_parser(sub)

@@ -41,7 +41,7 @@ def _parser() -> argparse.ArgumentParser:
                                 description=__doc__.split("\n")[0])
     p.add_argument("--budget-s", type=float, default=DEFAULT_BUDGET_S,
                    help=f"seconds for all sections together (default {DEFAULT_BUDGET_S}: with "
-                        "make gpu-check's installs, inside 8 minutes on a 16-core H200)")
+                        "make gpu-check's installs, inside 8.5 minutes on a 16-core H200)")
     p.add_argument("--out", metavar="DIR",
                    help="where the JSON files go (default: bench/results/gpucheck_<date>_<commit>"
                         " in a source checkout)")

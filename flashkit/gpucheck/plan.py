@@ -3,7 +3,7 @@
 One section is one or more commands run in a subprocess of their own (killed at the section's
 cap) and one result file. Seven sections plus the run's summary make eight files, the most a
 GPU slot returns. Caps are seconds on a 16-core H200; they sum to :data:`DEFAULT_BUDGET_S`, so
-the default run (plus the installs of ``make gpu-check``, seconds) ends inside 8 minutes.
+the default run (plus the installs of ``make gpu-check``, seconds) ends inside 8.5 minutes.
 """
 from __future__ import annotations
 
@@ -50,7 +50,8 @@ class Section:
     title : what it does, for the plan
     cap_s : default cap (seconds); scaled to the budget by the runner
     commands : argv lists run one after another; ``{result}`` in an argument is replaced by
-        the path the command writes its JSON (or JSON-lines) result to
+        the path the command writes its JSON (or JSON-lines) result to, ``{extra:NAME}`` by
+        the path of a further JSON record, kept in the same file under ``extra[NAME]``
     result : "json" (one record, possibly rewritten as it goes) or "jsonl" (one line per item)
     estimate_s : expected seconds on an H200, from the section's sizes
     detail : what the estimate counts, for the plan
@@ -94,6 +95,17 @@ def _bench(python: str, cases: list[str], results: Callable[[str], str],
              "--ceilings", results("environment")]]
 
 
+# The 7B hybrid's three layer kinds at 16-16384 tokens: ~10 s of kernels on an H200 (the
+# 16k attention layer, 4.4e13 causal FLOPs, dominates) plus their first compiles.
+CACHE_LATENCY_S = 20
+
+
+def _cache_latency(python: str, quick: bool) -> list[str]:
+    # quick: one point on this machine's device (the 7B layers take seconds per call on a CPU)
+    return [python, "-m", "flashkit", "cache-latency", "--max-tokens", "16" if quick else "16384",
+            "--rep-ms", "20", "--out", "{extra:prefix_cache_latency}"]
+
+
 def default_plan(out_dir: str, *, python: str = sys.executable, workers: int | None = None,
                  plugins: set[str] | None = None, n_tests: int | None = None,
                  quick: bool = False) -> list[Section]:
@@ -123,11 +135,14 @@ def default_plan(out_dir: str, *, python: str = sys.executable, workers: int | N
                               "1k-16k"),
                              ("ssm", 30, "chunk_ssd_scan, Mamba-2 2.7B, with/without checkpoints"),
                              ("moe", 45, "fused_moe: Mixtral 8x top-2, Qwen3-30B-A3B 128x top-8"),
-                             ("misc", 50, "merge_states; the APOLLO step")):
+                             ("misc", 75, "merge_states; the APOLLO step; the prefix cache's "
+                              "prefill-latency table (7B hybrid, 16-16k tokens)")):
         est, detail = estimate.bench(BENCH_CASES[name])
-        sections.append(Section(name, title, cap,
-                                _bench(python, BENCH_CASES[name], results, quick),
-                                estimate_s=est, detail=detail))
+        commands = _bench(python, BENCH_CASES[name], results, quick)
+        if name == "misc":
+            commands.append(_cache_latency(python, quick))
+            est, detail = est + CACHE_LATENCY_S, f"{detail} + latency table ~{CACHE_LATENCY_S} s"
+        sections.append(Section(name, title, cap, commands, estimate_s=est, detail=detail))
     est, detail = estimate.jit_cold()
     sections.append(Section(
         "jit_cold", "cold JIT: first-call wait per backend, fresh processes, empty caches", 70,
@@ -139,4 +154,4 @@ def default_plan(out_dir: str, *, python: str = sys.executable, workers: int | N
     return sections
 
 
-DEFAULT_BUDGET_S = 25 + 130 + 100 + 30 + 45 + 50 + 70  # 450 s
+DEFAULT_BUDGET_S = 25 + 130 + 100 + 30 + 45 + 75 + 70  # 475 s

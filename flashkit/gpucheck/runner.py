@@ -12,6 +12,7 @@ import dataclasses
 import datetime as _dt
 import json
 import os
+import re
 import signal
 import subprocess
 import tempfile
@@ -25,6 +26,8 @@ __all__ = ["scaled_caps", "run_plan", "section_path", "SUMMARY"]
 SUMMARY = "00_gpucheck.json"
 # After SIGTERM, how long a section may take to exit before SIGKILL (seconds).
 _GRACE_S = 3.0
+# ``{extra:NAME}``: a further JSON record of a section's commands (an identifier NAME)
+_EXTRA = re.compile(r"\{extra:(\w+)\}")
 # Output kept per section (the end of stdout and stderr together).
 _TAIL_CHARS = 6000
 # A section is not started with less than this left: it could not even start torch.
@@ -120,7 +123,8 @@ def _run_commands(section: Section, cap_s: float, result_path: Path, log_path: P
     status, codes, commands = "ok", [], []
     with open(log_path, "w") as log:
         for argv in section.commands:
-            argv = [a.replace("{result}", str(result_path)) for a in argv]
+            argv = [_EXTRA.sub(lambda m: str(result_path.parent / f"extra_{m[1]}.json"),
+                               a.replace("{result}", str(result_path))) for a in argv]
             commands.append(argv)
             left = deadline - time.monotonic()
             if left <= 0:
@@ -186,6 +190,11 @@ def run_plan(sections: list[Section], out_dir, budget_s: float, *, command: str,
                     rec["results"] = result or []
                 else:
                     rec["result"] = result
+                extra = sorted({m for argv in section.commands for a in argv
+                                for m in _EXTRA.findall(a)})
+                if extra:  # further records of the same section (same file: 8 come back)
+                    rec["extra"] = {n: _read_result(Path(tmp) / f"extra_{n}.json", "json")
+                                    for n in extra}
                 if section.name == "environment" and isinstance(result, dict):
                     env_record = result
                     rec.update({k: result.get(k) for k in _CONTEXT_KEYS + ("ceilings",)})

@@ -1,4 +1,5 @@
-"""``flashkit cache-sim`` and ``flashkit cache-trace``: add_parser(subparsers) registers both.
+"""``flashkit cache-sim``, ``cache-trace`` and ``cache-latency``: add_parser(subparsers) registers
+them.
 
 Bad arguments are refused by argparse (a one-line message and exit status 2) before anything
 runs; an unreadable or malformed trace and an unwritable output give one line naming the file
@@ -109,6 +110,30 @@ def _cmd_sim(args) -> int:
     return 0
 
 
+def _cmd_latency(args) -> int:
+    import json
+
+    from .latency import latency_tokens, measure_latency_table
+
+    try:
+        import torch
+
+        if args.device == "cuda" and not torch.cuda.is_available():
+            raise ValueError("--device cuda: no CUDA device is available")
+        device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        max_tokens = args.max_tokens or (32768 if device == "cuda" else 256)
+        table = measure_latency_table(tokens=latency_tokens(max_tokens), device=device,
+                                      backend=args.backend, rep_ms=args.rep_ms)
+        with open(args.out, "w") as f:
+            json.dump(table, f, indent=1)
+    except (OSError, ValueError) as e:
+        return _fail("cache-latency", e)
+    for n, ms in zip(table["tokens"][1:], table["ms"][1:]):
+        print(f"{n:>7} tokens: {ms:10.2f} ms")
+    print(f"wrote {args.out} ({table['source']})")
+    return 0
+
+
 def add_parser(subparsers) -> None:
     """Add ``cache-sim`` and ``cache-trace`` to an argparse subparsers object."""
     gb, pos_int, nonneg_int = _number(float, 0), _number(int, 1), _number(int, 0)
@@ -142,3 +167,15 @@ def add_parser(subparsers) -> None:
                     help="Zipf exponent of their popularity")
     tr.add_argument("--out", required=True, type=_out_path)
     tr.set_defaults(fn=_cmd_trace)
+
+    lat = subparsers.add_parser("cache-latency", help="measure the prefill-latency table of "
+                                "cache-sim's model (Marconi's 7B hybrid) with flashkit's kernels")
+    lat.add_argument("--out", required=True, type=_out_path, help="JSON for --latency-table")
+    lat.add_argument("--max-tokens", type=_number(int, 16),
+                     help="last power of two measured (default 32768 on CUDA, 256 on the CPU)")
+    lat.add_argument("--device", choices=["cuda", "cpu"], help="default: cuda if available")
+    lat.add_argument("--backend", choices=["auto", "torch", "triton", "cuda"], default="auto",
+                     help="the kernels' backend (default auto)")
+    lat.add_argument("--rep-ms", type=_number(float, 0, strict=True), default=50.0,
+                     help="milliseconds of repetitions per layer and size (default 50)")
+    lat.set_defaults(fn=_cmd_latency)

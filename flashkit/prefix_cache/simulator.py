@@ -4,15 +4,19 @@ Requests are served one at a time in ``ts`` order (no batching): look up the usa
 admit the finished request under the policy, unpin. TTFT is estimated from a prefill-latency
 table ``T(n)`` (ms to prefill n tokens from scratch): a request of n input tokens with a hit of h
 takes ``T(n) - T(h)`` (the suffix's FLOPs are ``prefill_flops(n) - prefill_flops(h)`` and T is
-taken proportional to them), linear interpolation between the table's points.
+taken proportional to them), linear interpolation between the table's points and, beyond the
+last point ``m``, ``T(m) * prefill_flops(n) / prefill_flops(m)`` (a measured table stops where
+the device's time ran out; attention's quadratic term grows past it).
 
 The default table is analytic, not measured: ``prefill_flops(n) / (0.4 * 989 TFLOP/s)`` (40% of an
 H100 SXM's dense bf16 peak) for the given model config. Pass a measured table as JSON
-``{"tokens": [...], "ms": [...]}``.
+``{"tokens": [...], "ms": [...]}``: ``flashkit cache-latency`` measures one with flashkit's kernels
+(``latency.py``).
 """
 from __future__ import annotations
 
 import json
+import math
 import time
 
 import numpy as np
@@ -32,13 +36,37 @@ def default_latency_table(config: HybridModelConfig, max_tokens: int = 262_144) 
             "source": "analytic: prefill_flops / (0.4 * 989 TFLOP/s)"}
 
 
+def _table_ms(ns: np.ndarray, xs: np.ndarray, ys: np.ndarray, config) -> np.ndarray:
+    """T(n): interpolated inside the table, scaled by prefill FLOPs beyond its last point."""
+    out = np.interp(ns, xs, ys)
+    far = ns > xs[-1]
+    if far.any():
+        ref = config.prefill_flops(int(xs[-1])) or 1.0
+        out[far] = ys[-1] * np.array([config.prefill_flops(int(n)) for n in ns[far]]) / ref
+    return out
+
+
 def load_latency_table(path) -> dict:
+    """A table ``{"tokens": [...], "ms": [...]}`` from JSON: as ``flashkit cache-latency`` writes
+    it, or the gpu-check section file holding one (``extra.prefix_cache_latency``)."""
     with open(path) as f:
         t = json.load(f)
-    if not isinstance(t, dict) or "tokens" not in t or "ms" not in t or len(t["tokens"]) != len(
-            t["ms"]) or len(t["tokens"]) < 2:
+    if isinstance(t, dict) and t.get("kind") == "gpucheck-section":
+        t = (t.get("extra") or {}).get("prefix_cache_latency")
+        if t is None:
+            raise ValueError(f"{path}: this gpu-check section holds no prefix_cache_latency "
+                             "table (its command failed or did not run)")
+    if (not isinstance(t, dict) or not isinstance(t.get("tokens"), list)
+            or not isinstance(t.get("ms"), list) or len(t["tokens"]) != len(t["ms"])
+            or len(t["tokens"]) < 2):
         raise ValueError(f"{path}: a latency table is {{'tokens': [...], 'ms': [...]}} with the "
                          "same length >= 2")
+    for key in ("tokens", "ms"):
+        bad = [v for v in t[key] if isinstance(v, bool) or not isinstance(v, (int, float))
+               or not math.isfinite(v) or v < 0]
+        if bad:
+            raise ValueError(f"{path}: latency table {key!r} must hold finite numbers >= 0, "
+                             f"got {bad[0]!r}")
     if any(b <= a for a, b in zip(t["tokens"], t["tokens"][1:])):
         raise ValueError(f"{path}: latency table 'tokens' must be strictly increasing")
     t.setdefault("source", str(path))
@@ -73,7 +101,7 @@ def simulate(requests, config: HybridModelConfig | None = None, capacity_bytes: 
     seconds = time.perf_counter() - t0
     flops = float(sum(config.prefill_flops(int(h)) for h in hits))
     total = float(sum(config.prefill_flops(int(n)) for n in n_in))
-    ttft = np.interp(n_in, xs, ys) - np.interp(hits, xs, ys)
+    ttft = _table_ms(n_in, xs, ys, config) - _table_ms(hits, xs, ys, config)
     p5, p50, p95 = (np.percentile(ttft, [5, 50, 95]) if len(ttft) else (0.0, 0.0, 0.0))
     tree = cache.tree
     return {
