@@ -79,7 +79,8 @@ class PlacementEngine:
         self.cls_grid = g
         self.empty_grid = g == n_classes
         self.fill_grid = (b[:, None] + b[None, :])[None]
-        self._static: dict = {}                         # item class -> static cell scores
+        self.tilt_grid = (b[:, None] - b[None, :])[None]
+        self._static: dict = {}                         # (item class, tilt) -> cell scores
         for h in range(n_hosts):
             self.index.put(h, self.index.cell(n_classes, 1.0, 1.0))
 
@@ -109,9 +110,12 @@ class PlacementEngine:
         n0, n1 = self.need0[item], self.need1[item]
         r = self.predictor.remaining(item, now)
         cls = self.life_class(r)
-        static = self._static.get(cls)
+        # the item's cpu minus memory buckets, for a policy that scores the leftover balance
+        tilt = self.index.bucket(n0) - self.index.bucket(n1) if self.policy.balance else 0
+        static = self._static.get((cls, tilt))
         if static is None:
-            static = self._static[cls] = self.policy.cell_score(self, cls).reshape(-1)
+            static = self.policy.cell_score(self, cls, tilt).reshape(-1)
+            self._static[(cls, tilt)] = static
         f0, f1 = self.free0, self.free1
 
         def fits(h):
