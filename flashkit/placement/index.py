@@ -43,7 +43,8 @@ class HostIndex:
         self.host_b1 = np.full(n_hosts, -1, np.int64)
 
     def bucket(self, free: float) -> int:
-        return min(self.q, int(free * self.q + _EPS))
+        b = int(free * self.q + _EPS)
+        return self.q if b > self.q else b
 
     def cell(self, cls: int, free0: float, free1: float) -> int:
         return (cls * (self.q + 1) + self.bucket(free0)) * (self.q + 1) + self.bucket(free1)

@@ -123,7 +123,8 @@ def simulate_llm(trace: LLMTrace, policy: str, *, n_instances: int = 64,
             heapq.heappush(fulls, (t, h, ver[h]))
         else:
             full_at[h] = math.inf
-        eng.set_free(h, max(0.0, 1 - used[h] / cap), 1 - active[h] * slot, now)
+        f0 = 1 - used[h] / cap
+        eng.set_free(h, 0.0 if f0 < 0.0 else f0, 1 - active[h] * slot, now)
 
     def leave(j, h, now):
         sync(h, now)
@@ -136,10 +137,10 @@ def simulate_llm(trace: LLMTrace, policy: str, *, n_instances: int = 64,
         while queue:
             j = queue[0]
             rem = gen0[j] - done[j]
-            grow = pred.remaining(j, now) if lifetime_aware else 1
-            eng.need0[j] = min(1.0, (ctx[j] + grow) / cap)
+            r = pred.remaining(j, now)
+            eng.need0[j] = min(1.0, (ctx[j] + (r if lifetime_aware else 1)) / cap)
             while True:
-                h = eng.place(j, now, reindex=False)    # publish() re-indexes h
+                h = eng.place(j, now, reindex=False, r=r)   # publish() re-indexes h
                 if h < 0:
                     return
                 sync(h, now)
