@@ -80,7 +80,8 @@ class PlacementEngine:
         self.empty_grid = g == n_classes
         self.fill_grid = (b[:, None] + b[None, :])[None]
         self.tilt_grid = (b[:, None] - b[None, :])[None]
-        self._static: dict = {}     # item class (, tilt) -> (cell scores, for the scan)
+        self._static: dict = {}         # item class (, tilt) -> cell scores
+        self._static8: dict = {}        # (item class, buckets) -> scan scores
         for h in range(n_hosts):
             self.index.put(h, self.index.cell(n_classes, 1.0, 1.0))
 
@@ -120,30 +121,45 @@ class PlacementEngine:
         if r is None:
             r = self.predictor.remaining(item, now)
         cls = self.life_class(r)
-        pol = self.policy
+        pol, idx = self.policy, self.index
+        nb0, nb1 = idx.bucket(n0), idx.bucket(n1)
         # the item's cpu minus memory buckets, for a policy that scores the leftover balance
-        key = (cls, self.index.bucket(n0) - self.index.bucket(n1)) if pol.balance else cls
-        got = self._static.get(key)
-        if got is None:
-            static = pol.cell_score(self, cls, key[1] if pol.balance else 0).reshape(-1)
-            # for the scan: (score, cell id) as one float, the cell's lowest host id added
-            # per placement (scores are integers or 1/64ths below 2^40, ids below 2^13: the
-            # sums stay exact below 2^53)
-            got = self._static[key] = (static, static * 8192.0 + np.arange(static.size))
+        key = (cls, nb0 - nb1) if pol.balance else cls
+        static = self._static.get(key)
+        if static is None:
+            static = pol.cell_score(self, cls, nb0 - nb1 if pol.balance else 0).reshape(-1)
+            self._static[key] = static
         if self.scan:
-            h = self._pick_scan(n0, n1, got[1])
+            h = self._pick_scan(n0, n1, self._scan_scores(static, cls, nb0, nb1))
             if h is None:
                 return -1
         else:
             fits, key_of = self._fits_key(n0, n1)
-            for cell, sure in self.index.candidates(n0, n1, got[0], pol.by_id):
-                h = self.index.pick(cell, sure, fits, key_of)
+            for cell, sure in idx.candidates(n0, n1, static, pol.by_id):
+                h = idx.pick(cell, sure, fits, key_of)
                 if h is not None:
                     break
             else:
                 return -1
         self.assign(item, h, now, r, reindex=reindex)
         return h
+
+    def _scan_scores(self, static: np.ndarray, cls: int, nb0: int, nb1: int) -> np.ndarray:
+        """Per cell, for the scan: (score, cell id) as one float, ``score x 8192 + cell id``
+        (scores are integers below 2^40, ids below 2^13: exact below 2^53), +inf for a cell
+        whose buckets cannot fit the item, and one more +inf entry for host cell -1 (out of
+        the index). Cached per (item class, item buckets)."""
+        key = (cls, nb0, nb1)
+        s8 = self._static8.get(key)
+        if s8 is None:
+            w = self.index.q + 1
+            cell = np.arange(static.size)
+            fit = ((cell // w) % w >= nb0) & (cell % w >= nb1)
+            s8 = np.append(np.where(fit, static * 8192.0 + cell, np.inf), np.inf)
+            if len(self._static8) >= 1024:          # at most 1024 x 4,335 floats (36 MB)
+                self._static8.clear()
+            self._static8[key] = s8
+        return s8
 
     def _fits_key(self, n0: float, n1: float):
         """(fits(h), key(h)) for the host-by-host search of one cell."""
@@ -157,30 +173,30 @@ class PlacementEngine:
 
         return fits, key
 
-    def _pick_scan(self, n0: float, n1: float, static8: np.ndarray):
+    def _pick_scan(self, n0: float, n1: float, s8: np.ndarray):
         """The host the cell walk (``index.candidates`` then ``index.pick``) would choose, from
         one pass over all hosts: the walk stops at the first cell, by (score, cell id), holding
-        a host that fits, so that cell is the minimum over the fitting hosts' cells.
-        ``static8`` = static score x 8192 + cell id."""
+        a host that fits, so that cell is the minimum over the fitting hosts' cells. ``s8``:
+        :meth:`_scan_scores` (cells whose buckets cannot fit are +inf already)."""
         idx = self.index
-        nb0, nb1 = idx.bucket(n0), idx.bucket(n1)
-        ok = ((idx.host_b0 >= nb0) & (idx.host_b1 >= nb1)
-              & (self._f0 >= n0 - _EPS) & (self._f1 >= n1 - _EPS))
-        hosts = ok.nonzero()[0]
-        if hosts.size == 0:
-            return None
-        cells = idx.host_cell[hosts]
-        s = static8[cells] + idx._min[cells] * (self.policy.by_id * 8192.0)
+        hc = idx.host_cell
+        s = s8[hc] + idx._min[hc] * (self.policy.by_id * 8192.0)
+        s[(self._f0 < n0 - _EPS) | (self._f1 < n1 - _EPS)] = np.inf
         k = int(s.argmin())
-        cell = int(cells[k])
+        best = s[k]
+        if best == np.inf:
+            return None
+        cell = int(hc[k])
         size = len(idx.members[cell])
         if size == 1:                               # the cell's only host fits: it is the pick
-            return int(hosts[k])
+            return k
         if size > _SCAN:                            # the walk does not search such a cell whole
             w = idx.q + 1
             b0, b1 = divmod(cell % (w * w), w)
-            return idx.pick(cell, b0 > nb0 and b1 > nb1, *self._fits_key(n0, n1))
-        mine = hosts[cells == cell]                 # ascending ids: argmin breaks ties by id
+            return idx.pick(cell, b0 > idx.bucket(n0) and b1 > idx.bucket(n1),
+                            *self._fits_key(n0, n1))
+        # the fitting hosts of that cell: the same (score, cell id, lowest id), ascending ids
+        mine = (s == best).nonzero()[0]
         return int(mine[int(self.policy.host_key_many(self, mine, n0, n1).argmin())])
 
     def assign(self, item: int, h: int, now: float, r: float | None = None, *,

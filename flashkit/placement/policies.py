@@ -32,10 +32,10 @@ class Policy(abc.ABC):
 
     def __init__(self, balance: float | None = None):
         if balance is not None:
-            # a multiple of 1/64 up to 4: cell scores stay exact in floats (engine._pick_scan)
+            # a multiple of 1/32 up to 4: cell scores (x 1e5) stay integers (engine._pick_scan)
             if not (isinstance(balance, (int, float)) and 0 <= balance <= 4
-                    and float(balance) * 64 == int(float(balance) * 64)):
-                raise ValueError(f"balance must be a multiple of 1/64 in [0, 4], got {balance!r}")
+                    and float(balance) * 32 == int(float(balance) * 32)):
+                raise ValueError(f"balance must be a multiple of 1/32 in [0, 4], got {balance!r}")
             self.balance = float(balance)
 
     @abc.abstractmethod
