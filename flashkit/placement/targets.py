@@ -4,7 +4,7 @@ vm: a generated 100,000-VM, 14-day trace on 1.1 x its peak load in hosts; every 
 repredicted lifetimes, best fit with LAVA's balance term and LAVA without it, then LAVA with
 one-shot, oracle (exact and noisy) and noisy repredicted lifetimes, and the fluid bound.
 maint: the same trace with 10 % of the occupied hosts drained for maintenance (best-fit, LAVA,
-LARS). llm: a
+LARS, and the last two without the balance term). llm: a
 generated trace on decode instances, the baselines and LAVA, then LAVA's prediction variants.
 scale: the sizes of the issue (100,000 VMs on 5,000 hosts; 1,000,000 requests on 64 instances), one
 policy each, with the machine's load average beside the time.
@@ -76,8 +76,10 @@ def run_vm(n, seed):
 
 def run_maint(n, seed):
     tr = generate_vm_trace(n, days=14.0, seed=seed)
-    return [_row(simulate_vm(tr, p, maint_frac=0.1), maint_frac=0.1)
-            for p in ("best-fit", "lava", "lars")]
+    runs = [(p, None) for p in ("best-fit", "lava", "lars")]
+    runs += [("lava", 0.0), ("lars", 0.0)]          # without the balance term
+    return [_row(simulate_vm(tr, p, maint_frac=0.1, balance=b), maint_frac=0.1)
+            for p, b in runs]
 
 
 def run_llm(n, rate, instances, seed):
