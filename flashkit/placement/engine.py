@@ -18,6 +18,7 @@ from .policies import Policy
 __all__ = ["PlacementEngine"]
 
 _SCAN_HOSTS = 512
+_ALL = slice(None)          # Policy.host_key_many's "every host"
 
 
 class PlacementEngine:
@@ -195,9 +196,10 @@ class PlacementEngine:
             b0, b1 = divmod(cell % (w * w), w)
             return idx.pick(cell, b0 > idx.bucket(n0) and b1 > idx.bucket(n1),
                             *self._fits_key(n0, n1))
-        # the fitting hosts of that cell: the same (score, cell id, lowest id), ascending ids
-        mine = (s == best).nonzero()[0]
-        return int(mine[int(self.policy.host_key_many(self, mine, n0, n1).argmin())])
+        # the fitting hosts of that cell have the same (score, cell id, lowest id); keys for
+        # all hosts at once cost fewer numpy calls than gathering those few (first min wins)
+        key = self.policy.host_key_many(self, _ALL, n0, n1)
+        return int(np.where(s == best, key, np.inf).argmin())
 
     def assign(self, item: int, h: int, now: float, r: float | None = None, *,
                reindex: bool = True) -> None:

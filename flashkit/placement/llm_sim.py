@@ -123,8 +123,9 @@ def simulate_llm(trace: LLMTrace, policy: str, *, n_instances: int = 64,
             heapq.heappush(fulls, (t, h, ver[h]))
         else:
             full_at[h] = math.inf
-        f0 = 1 - used[h] / cap
-        eng.set_free(h, 0.0 if f0 < 0.0 else f0, 1 - active[h] * slot, now)
+        f0 = 1 - used[h] / cap                          # eng.set_free(h, ...), inlined
+        eng.free0[h], eng.free1[h] = 0.0 if f0 < 0.0 else f0, 1 - active[h] * slot
+        eng._reindex(h, now)
 
     def leave(j, h, now):
         sync(h, now)

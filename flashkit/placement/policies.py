@@ -59,8 +59,9 @@ class Policy(abc.ABC):
         return (a0 + a1 + self.balance * abs(a0 - a1), h)
 
     def host_key_many(self, eng, hosts: np.ndarray, need0: float, need1: float) -> np.ndarray:
-        """:meth:`host_key` for ascending host ids ``hosts`` at once, without the id (the
-        first minimum wins); a subclass overriding one overrides both."""
+        """:meth:`host_key` for ascending host ids ``hosts`` (an int array, or
+        ``slice(None)`` for all hosts) at once, without the id (the first minimum wins); a
+        subclass overriding one overrides both."""
         a0, a1 = eng._f0[hosts] - need0, eng._f1[hosts] - need1
         if not self.balance:
             return a0 + a1
@@ -85,7 +86,7 @@ class FirstFit(Policy):
         return h
 
     def host_key_many(self, eng, hosts, need0, need1):
-        return hosts
+        return np.arange(eng.n_hosts)[hosts]
 
 
 class BestFit(Policy):
