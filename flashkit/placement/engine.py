@@ -123,7 +123,9 @@ class PlacementEngine:
             r = self.predictor.remaining(item, now)
         cls = self.life_class(r)
         pol, idx = self.policy, self.index
-        nb0, nb1 = idx.bucket(n0), idx.bucket(n1)
+        q = idx.q                                   # idx.bucket(n0), idx.bucket(n1), inlined
+        nb0, nb1 = int(n0 * q + _EPS), int(n1 * q + _EPS)
+        nb0, nb1 = q if nb0 > q else nb0, q if nb1 > q else nb1
         # the item's cpu minus memory buckets, for a policy that scores the leftover balance
         key = (cls, nb0 - nb1) if pol.balance else cls
         static = self._static.get(key)

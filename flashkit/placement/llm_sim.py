@@ -166,8 +166,12 @@ def simulate_llm(trace: LLMTrace, policy: str, *, n_instances: int = 64,
         t_arr = arrive[i] if i < n else math.inf
         t_dep = events[0][0] if events else math.inf
         t_full = fulls[0][0] if fulls else math.inf
-        t_ev = min(t_dep, t_full)
-        now = min(t_arr, t_ev, next_sample, next_refresh)
+        # the earliest of the four, min() unrolled (this runs once per event)
+        t_ev = t_dep if t_dep < t_full else t_full
+        t_nx = next_sample if next_sample < next_refresh else next_refresh
+        now = t_arr if t_arr < t_ev else t_ev
+        if t_nx < now:
+            now = t_nx
         if completed == n or now == math.inf:
             break
         if now == t_ev:
