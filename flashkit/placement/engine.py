@@ -18,6 +18,7 @@ from .policies import Policy
 __all__ = ["PlacementEngine"]
 
 _SCAN_HOSTS = 512
+_ALL = slice(None)          # Policy.host_key_many's "every host"
 
 
 class PlacementEngine:
@@ -79,7 +80,9 @@ class PlacementEngine:
         self.cls_grid = g
         self.empty_grid = g == n_classes
         self.fill_grid = (b[:, None] + b[None, :])[None]
-        self._static: dict = {}                         # item class -> static cell scores
+        self.tilt_grid = (b[:, None] - b[None, :])[None]
+        self._static: dict = {}         # item class (, tilt) -> cell scores
+        self._static8: dict = {}        # (item class, buckets) -> scan scores
         for h in range(n_hosts):
             self.index.put(h, self.index.cell(n_classes, 1.0, 1.0))
 
@@ -87,46 +90,56 @@ class PlacementEngine:
         """Lifetime class of a remaining time ``r``."""
         if r < self.r0:
             return 0
+        top = self.n_classes - 1
         if r >= self._r_top:
-            return self.n_classes - 1
-        return min(self.n_classes - 1, 1 + int(math.log2(r / self.r0)))
+            return top
+        k = 1 + int(math.log2(r / self.r0))
+        return top if k > top else k                # not min(): this runs per event
 
     def _reindex(self, h: int, now: float) -> None:
-        self._f0[h], self._f1[h] = self.free0[h], self.free1[h]
-        if h in self.excluded:
+        f0, f1 = self.free0[h], self.free1[h]
+        self._f0[h], self._f1[h] = f0, f1
+        if self.excluded and h in self.excluded:
             return
         if not self.items[h]:
             cls = self.n_classes
         else:
             cls = self.life_class(self.exit[h] - now) if self.policy.uses_lifetime else 0
         self.host_cls[h] = cls
-        self.index.put(h, self.index.cell(cls, self.free0[h], self.free1[h]))
+        idx = self.index                            # idx.cell(cls, f0, f1), inlined: the
+        q = idx.q                                   # llm loop re-indexes twice per request
+        b0, b1 = int(f0 * q + _EPS), int(f1 * q + _EPS)
+        w = q + 1
+        idx.put(h, (cls * w + (q if b0 > q else b0)) * w + (q if b1 > q else b1))
 
-    def place(self, item: int, now: float, *, reindex: bool = True) -> int:
+    def place(self, item: int, now: float, *, reindex: bool = True,
+              r: float | None = None) -> int:
         """Place ``item`` (arriving or migrating) at time ``now``; its host, or -1 if no
         host has room. ``reindex=False``: the caller overwrites the host's free capacity
-        with :meth:`set_free` before the next placement, which re-indexes it once."""
+        with :meth:`set_free` before the next placement, which re-indexes it once. ``r``:
+        the item's predicted remaining time at ``now`` if the caller has it already."""
         n0, n1 = self.need0[item], self.need1[item]
-        r = self.predictor.remaining(item, now)
+        if r is None:
+            r = self.predictor.remaining(item, now)
         cls = self.life_class(r)
-        static = self._static.get(cls)
+        pol, idx = self.policy, self.index
+        q = idx.q                                   # idx.bucket(n0), idx.bucket(n1), inlined
+        nb0, nb1 = int(n0 * q + _EPS), int(n1 * q + _EPS)
+        nb0, nb1 = q if nb0 > q else nb0, q if nb1 > q else nb1
+        # the item's cpu minus memory buckets, for a policy that scores the leftover balance
+        key = (cls, nb0 - nb1) if pol.balance else cls
+        static = self._static.get(key)
         if static is None:
-            static = self._static[cls] = self.policy.cell_score(self, cls).reshape(-1)
-        f0, f1 = self.free0, self.free1
-
-        def fits(h):
-            return f0[h] >= n0 - _EPS and f1[h] >= n1 - _EPS
-
-        def key(h):
-            return self.policy.host_key(self, h, n0, n1)
-
+            static = pol.cell_score(self, cls, nb0 - nb1 if pol.balance else 0).reshape(-1)
+            self._static[key] = static
         if self.scan:
-            h = self._pick_scan(n0, n1, static, fits, key)
+            h = self._pick_scan(n0, n1, self._scan_scores(static, cls, nb0, nb1))
             if h is None:
                 return -1
         else:
-            for cell, sure in self.index.candidates(n0, n1, static, self.policy.by_id):
-                h = self.index.pick(cell, sure, fits, key)
+            fits, key_of = self._fits_key(n0, n1)
+            for cell, sure in idx.candidates(n0, n1, static, pol.by_id):
+                h = idx.pick(cell, sure, fits, key_of)
                 if h is not None:
                     break
             else:
@@ -134,30 +147,61 @@ class PlacementEngine:
         self.assign(item, h, now, r, reindex=reindex)
         return h
 
-    def _pick_scan(self, n0: float, n1: float, static: np.ndarray, fits, key):
+    def _scan_scores(self, static: np.ndarray, cls: int, nb0: int, nb1: int) -> np.ndarray:
+        """Per cell, for the scan: (score, cell id) as one float, ``score x 8192 + cell id``
+        (scores are integers below 2^40, ids below 2^13: exact below 2^53), +inf for a cell
+        whose buckets cannot fit the item, and one more +inf entry for host cell -1 (out of
+        the index). Cached per (item class, item buckets)."""
+        key = (cls, nb0, nb1)
+        s8 = self._static8.get(key)
+        if s8 is None:
+            w = self.index.q + 1
+            cell = np.arange(static.size)
+            fit = ((cell // w) % w >= nb0) & (cell % w >= nb1)
+            s8 = np.append(np.where(fit, static * 8192.0 + cell, np.inf), np.inf)
+            if len(self._static8) >= 1024:          # at most 1024 x 4,335 floats (36 MB)
+                self._static8.clear()
+            self._static8[key] = s8
+        return s8
+
+    def _fits_key(self, n0: float, n1: float):
+        """(fits(h), key(h)) for the host-by-host search of one cell."""
+        f0, f1, pol = self.free0, self.free1, self.policy
+
+        def fits(h):
+            return f0[h] >= n0 - _EPS and f1[h] >= n1 - _EPS
+
+        def key(h):
+            return pol.host_key(self, h, n0, n1)
+
+        return fits, key
+
+    def _pick_scan(self, n0: float, n1: float, s8: np.ndarray):
         """The host the cell walk (``index.candidates`` then ``index.pick``) would choose, from
         one pass over all hosts: the walk stops at the first cell, by (score, cell id), holding
-        a host that fits, so that cell is the minimum over the fitting hosts' cells."""
+        a host that fits, so that cell is the minimum over the fitting hosts' cells. ``s8``:
+        :meth:`_scan_scores` (cells whose buckets cannot fit are +inf already)."""
         idx = self.index
-        nb0, nb1 = idx.bucket(n0), idx.bucket(n1)
-        ok = ((idx.host_b0 >= nb0) & (idx.host_b1 >= nb1)
-              & (self._f0 >= n0 - _EPS) & (self._f1 >= n1 - _EPS))
-        hosts = ok.nonzero()[0]
-        if hosts.size == 0:
+        hc = idx.host_cell
+        s = s8[hc] + idx._min[hc] * (self.policy.by_id * 8192.0)
+        s[(self._f0 < n0 - _EPS) | (self._f1 < n1 - _EPS)] = np.inf
+        k = int(s.argmin())
+        best = s[k]
+        if best == np.inf:
             return None
-        cells = idx.host_cell[hosts]
-        # (score, cell id) as one float: scores are integers below 2^40, cell ids below 2^13,
-        # so the sum stays an exact integer (below 2^53)
-        s = (static[cells] + self.policy.by_id * idx._min[cells]) * 8192.0 + cells
-        cell = int(cells[int(s.argmin())])
+        cell = int(hc[k])
         size = len(idx.members[cell])
+        if size == 1:                               # the cell's only host fits: it is the pick
+            return k
         if size > _SCAN:                            # the walk does not search such a cell whole
             w = idx.q + 1
             b0, b1 = divmod(cell % (w * w), w)
-            sure = b0 > nb0 and b1 > nb1
-            return idx.pick(cell, sure, fits, key)
-        mine = hosts[cells == cell]                 # ascending ids: argmin breaks ties by id
-        return int(mine[int(self.policy.host_key_many(self, mine, n0, n1).argmin())])
+            return idx.pick(cell, b0 > idx.bucket(n0) and b1 > idx.bucket(n1),
+                            *self._fits_key(n0, n1))
+        # the fitting hosts of that cell have the same (score, cell id, lowest id); keys for
+        # all hosts at once cost fewer numpy calls than gathering those few (first min wins)
+        key = self.policy.host_key_many(self, _ALL, n0, n1)
+        return int(np.where(s == best, key, np.inf).argmin())
 
     def assign(self, item: int, h: int, now: float, r: float | None = None, *,
                reindex: bool = True) -> None:
@@ -190,8 +234,9 @@ class PlacementEngine:
         self.items[h].discard(item)
         self.item_host[item] = -1
         if self.items[h]:
-            self.free0[h] = min(1.0, self.free0[h] + self.need0[item])
-            self.free1[h] = min(1.0, self.free1[h] + self.need1[item])
+            f0, f1 = self.free0[h] + self.need0[item], self.free1[h] + self.need1[item]
+            self.free0[h] = 1.0 if f0 > 1.0 else f0
+            self.free1[h] = 1.0 if f1 > 1.0 else f1
         else:                                       # no float residue on an empty host
             self.free0[h] = self.free1[h] = 1.0
         if not self.items[h]:

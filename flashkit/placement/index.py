@@ -37,13 +37,12 @@ class HostIndex:
         self._min = self.cell_min.reshape(-1)
         self.members: list[set] = [set() for _ in range(self._count.size)]
         self.cell_of = [-1] * n_hosts
-        # per host, as arrays for a scan of all hosts at once (-1: out of the index)
+        # per host, as an array for a scan of all hosts at once (-1: out of the index)
         self.host_cell = np.full(n_hosts, -1, np.int64)
-        self.host_b0 = np.full(n_hosts, -1, np.int64)
-        self.host_b1 = np.full(n_hosts, -1, np.int64)
 
     def bucket(self, free: float) -> int:
-        return min(self.q, int(free * self.q + _EPS))
+        b = int(free * self.q + _EPS)
+        return self.q if b > self.q else b
 
     def cell(self, cls: int, free0: float, free1: float) -> int:
         return (cls * (self.q + 1) + self.bucket(free0)) * (self.q + 1) + self.bucket(free1)
@@ -64,10 +63,6 @@ class HostIndex:
             self._count[cell] += 1
             if h < self._min[cell]:
                 self._min[cell] = h
-            r = cell % ((self.q + 1) * (self.q + 1))
-            self.host_b0[h], self.host_b1[h] = divmod(r, self.q + 1)
-        else:
-            self.host_b0[h] = self.host_b1[h] = -1
         self.cell_of[h] = cell
         self.host_cell[h] = cell
 

@@ -204,7 +204,8 @@ class Predictor:
         (the true remaining lifetime; an upper bound for what prediction can buy).
     noise : float >= 0
         Prediction quality knob: each item's prediction is multiplied by exp(noise * z), z a
-        standard normal drawn once per item (noise 1.0: a factor 2.7 off at one sigma).
+        standard normal drawn once per item (noise 1.0: a factor 2.7 off at one sigma), in
+        every mode: an oracle with noise is the true remaining time that far off.
     age0 : float > 0
         First age of the reprediction table (ages below it use the age-0 prediction).
     stat : 'mean' (E[T - age | T > age]) or 'median' (the median residual life: for heavy
@@ -262,14 +263,14 @@ class Predictor:
                 _GRID_POINTS, 1 + int(_GRID_PER_DOUBLING * math.log2(age / self.age0)))
             return self.table_l[self.cls_l[item]][k] * self.mult_l[item]
         if self.mode == "oracle":
-            return max(self.end_l[item] - now, 0.0)
+            return max(self.end_l[item] - now, 0.0) * self.mult_l[item]
         return max(self.means_l[self.cls_l[item]] * self.mult_l[item] - age, 0.0)
 
     def remaining_many(self, items: np.ndarray, now: float) -> np.ndarray:
         """Vectorized :meth:`remaining` for an int array of bound items."""
         age = now - self.start[items]
         if self.mode == "oracle":
-            return np.maximum(self.end[items] - now, 0.0)
+            return np.maximum(self.end[items] - now, 0.0) * self.mult[items]
         if self.mode == "one-shot":
             return np.maximum(self.means[self.cls[items]] * self.mult[items] - age, 0.0)
         with np.errstate(divide="ignore"):

@@ -31,10 +31,14 @@ def simulate_llm(trace: LLMTrace, policy: str, *, n_instances: int = 64,
                  kv_tokens: int = 131_072, max_batch: int = 256, step_s: float = 0.025,
                  mode: str = "repredict", noise: float = 0.0, fit_fraction: float = 0.5,
                  samples: int = 400, refresh_steps: float = 256.0, kv_block_requests: int = 5000,
-                 seed: int = 0) -> dict:
+                 balance: float = 0.0, seed: int = 0) -> dict:
     """Replay ``trace`` under ``policy`` on ``n_instances``; returns the metrics as a dict.
 
-    Keys: policy, mode, noise, hosts, requests, preemptions, empty_hosts_mean (fraction of
+    ``balance`` is the policy's weight of the leftover-balance term (policies.py), 0 here
+    for every policy: a request's KV grows after admission, so how balanced KV and batch
+    slots are left at admission says little about what is stranded later.
+
+    Keys: policy, mode, noise, balance, hosts, requests, preemptions, empty_hosts_mean (fraction of
     instances with no request, sampled after the fit window), stranded_mem_frac (free KV on
     instances whose batch is full) and stranded_cpu_frac (free batch slots on instances
     whose free KV is below the median context), queue_wait_s_mean, tokens_per_s (generated
@@ -58,7 +62,7 @@ def simulate_llm(trace: LLMTrace, policy: str, *, n_instances: int = 64,
         raise ValueError(f"trace line {j + 2}: request needs {trace.context[j]} + "
                          f"{trace.generated[j]} tokens of KV, larger than an instance "
                          f"(kv_tokens={kv_tokens})")
-    pol = make_policy(policy)
+    pol = make_policy(policy, balance=balance)
     t0 = time.perf_counter()
     n = len(trace)
     arrive = (trace.arrival / step_s).tolist()
@@ -119,7 +123,9 @@ def simulate_llm(trace: LLMTrace, policy: str, *, n_instances: int = 64,
             heapq.heappush(fulls, (t, h, ver[h]))
         else:
             full_at[h] = math.inf
-        eng.set_free(h, max(0.0, 1 - used[h] / cap), 1 - active[h] * slot, now)
+        f0 = 1 - used[h] / cap                          # eng.set_free(h, ...), inlined
+        eng.free0[h], eng.free1[h] = 0.0 if f0 < 0.0 else f0, 1 - active[h] * slot
+        eng._reindex(h, now)
 
     def leave(j, h, now):
         sync(h, now)
@@ -132,10 +138,10 @@ def simulate_llm(trace: LLMTrace, policy: str, *, n_instances: int = 64,
         while queue:
             j = queue[0]
             rem = gen0[j] - done[j]
-            grow = pred.remaining(j, now) if lifetime_aware else 1
-            eng.need0[j] = min(1.0, (ctx[j] + grow) / cap)
+            r = pred.remaining(j, now)
+            eng.need0[j] = min(1.0, (ctx[j] + (r if lifetime_aware else 1)) / cap)
             while True:
-                h = eng.place(j, now, reindex=False)    # publish() re-indexes h
+                h = eng.place(j, now, reindex=False, r=r)   # publish() re-indexes h
                 if h < 0:
                     return
                 sync(h, now)
@@ -160,8 +166,12 @@ def simulate_llm(trace: LLMTrace, policy: str, *, n_instances: int = 64,
         t_arr = arrive[i] if i < n else math.inf
         t_dep = events[0][0] if events else math.inf
         t_full = fulls[0][0] if fulls else math.inf
-        t_ev = min(t_dep, t_full)
-        now = min(t_arr, t_ev, next_sample, next_refresh)
+        # the earliest of the four, min() unrolled (this runs once per event)
+        t_ev = t_dep if t_dep < t_full else t_full
+        t_nx = next_sample if next_sample < next_refresh else next_refresh
+        now = t_arr if t_arr < t_ev else t_ev
+        if t_nx < now:
+            now = t_nx
         if completed == n or now == math.inf:
             break
         if now == t_ev:
@@ -228,7 +238,8 @@ def simulate_llm(trace: LLMTrace, policy: str, *, n_instances: int = 64,
                                 trace.generated[sub], kv_pred,
                                 num_pages=kv_tokens // 256 * 16, max_batch=max_batch)
     return {
-        "policy": policy, "mode": mode, "noise": noise, "hosts": n_instances, "requests": n,
+        "policy": policy, "mode": mode, "noise": noise, "balance": pol.balance,
+        "hosts": n_instances, "requests": n,
         **kv,
         "preemptions": preemptions,
         "empty_hosts_mean": float(np.mean(series["empty_frac"])),

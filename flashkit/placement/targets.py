@@ -1,8 +1,10 @@
 """Issue 15's targets, measured: ``python -m flashkit.placement.targets {vm,llm,scale} --out F``.
 
 vm: a generated 100,000-VM, 14-day trace on 1.1 x its peak load in hosts; every policy with
-repredicted lifetimes, then LAVA with one-shot, oracle and noisy predictions. maint: the same
-trace with 10 % of the occupied hosts drained for maintenance (best-fit, LAVA, LARS). llm: a
+repredicted lifetimes, best fit with LAVA's balance term and LAVA without it, then LAVA with
+one-shot, oracle (exact and noisy) and noisy repredicted lifetimes, and the fluid bound.
+maint: the same trace with 10 % of the occupied hosts drained for maintenance (best-fit, LAVA,
+LARS, and the last two without the balance term). llm: a
 generated trace on decode instances, the baselines and LAVA, then LAVA's prediction variants.
 scale: the sizes of the issue (100,000 VMs on 5,000 hosts; 1,000,000 requests on 64 instances), one
 policy each, with the machine's load average beside the time.
@@ -11,19 +13,22 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import subprocess
 import sys
 import time
 
+import numpy as np
+
 from .llm_sim import simulate_llm
 from .llm_trace import generate_llm_trace
 from .vm_sim import simulate_vm
 from .vm_trace import generate_vm_trace
 
-_VARIANTS = [("one-shot", 0.0), ("oracle", 0.0), ("repredict", 0.5), ("repredict", 1.0),
-             ("repredict", 2.0)]
+_VARIANTS = [("one-shot", 0.0), ("oracle", 0.0), ("oracle", 0.25), ("oracle", 0.5),
+             ("repredict", 0.5), ("repredict", 1.0), ("repredict", 2.0)]
 
 
 def _row(r, **extra):
@@ -41,18 +46,40 @@ def _timed(fn, *args, **kw):
     return r
 
 
+def fluid_empty(tr, n_hosts, samples=400, fit_fraction=0.5):
+    """Empty-host fraction if VMs could be split across hosts: at ``samples`` instants of the
+    measured window, ``1 - ceil(max(cpu alive, memory alive)) / n_hosts``, averaged (the
+    headroom any placement has)."""
+    t0, t1 = float(tr.start[0]), float(tr.start[-1])
+    cut = t0 + fit_fraction * (t1 - t0)
+    out = []
+    for t in cut + (t1 - cut) * np.arange(samples) / samples:
+        alive = (tr.start <= t) & (tr.end > t)
+        out.append(1 - math.ceil(max(tr.cpu[alive].sum(), tr.mem[alive].sum())) / n_hosts)
+    return float(np.mean(out))
+
+
 def run_vm(n, seed):
     tr = generate_vm_trace(n, days=14.0, seed=seed)
-    rows = [_row(simulate_vm(tr, p)) for p in ("first-fit", "best-fit", "nilas", "lava", "lars")]
-    rows += [_row(simulate_vm(tr, "lava", mode=m, noise=z)) for m, z in _VARIANTS]
-    rows.append(_row(simulate_vm(tr, "lava", stat="median"), stat="median"))
+    runs = [(p, {}) for p in ("first-fit", "best-fit", "nilas", "lava", "lars")]
+    # the two terms of LAVA's score apart: the balance term alone on best fit, the lifetime
+    # term alone (LAVA without the balance term)
+    runs += [("best-fit", dict(balance=1.0)), ("lava", dict(balance=0.0))]
+    runs += [("lava", dict(mode=m, noise=z)) for m, z in _VARIANTS]
+    runs.append(("lava", dict(stat="median")))
+    rows = [_row(simulate_vm(tr, p, **kw), seed=seed, stat=kw.get("stat", "mean"))
+            for p, kw in runs]
+    rows.append({"case": "fluid bound", "seed": seed, "hosts": rows[0]["hosts"],
+                 "empty_hosts_mean": fluid_empty(tr, rows[0]["hosts"])})
     return rows
 
 
 def run_maint(n, seed):
     tr = generate_vm_trace(n, days=14.0, seed=seed)
-    return [_row(simulate_vm(tr, p, maint_frac=0.1), maint_frac=0.1)
-            for p in ("best-fit", "lava", "lars")]
+    runs = [(p, None) for p in ("best-fit", "lava", "lars")]
+    runs += [("lava", 0.0), ("lars", 0.0)]          # without the balance term
+    return [_row(simulate_vm(tr, p, maint_frac=0.1, balance=b), maint_frac=0.1)
+            for p, b in runs]
 
 
 def run_llm(n, rate, instances, seed):

@@ -61,13 +61,16 @@ def default_hosts(trace: VMTrace) -> int:
 
 def simulate_vm(trace: VMTrace, policy: str, *, n_hosts: int | None = None,
                 mode: str = "repredict", noise: float = 0.0, stat: str = "mean",
-                fit_fraction: float = 0.5,
+                balance: float | None = None, fit_fraction: float = 0.5,
                 samples: int = 400, refresh_days: float = 1 / 24, maint_frac: float = 0.01,
                 deadline_days: float | None = None, mig_per_day: float = 480.0,
                 seed: int = 0) -> dict:
     """Replay ``trace`` under ``policy``; returns the metrics as a dict.
 
-    Keys: policy, mode, noise, hosts, vms, rejected, empty_hosts_mean (fraction of hosts
+    ``balance`` overrides the policy's weight of the leftover-balance term (policies.py; None:
+    the policy's own, 1 for lava and lars, 0 for the others).
+
+    Keys: policy, mode, noise, balance, hosts, vms, rejected, empty_hosts_mean (fraction of hosts
     empty, averaged over ``samples`` instants after the fit window), stranded_cpu_frac /
     stranded_mem_frac (free cpu on hosts whose free memory is below the median VM's, and the
     converse, as fractions of all capacity), migrations, migrations_failed, drain_hours_mean,
@@ -83,7 +86,7 @@ def simulate_vm(trace: VMTrace, policy: str, *, n_hosts: int | None = None,
     if not 0 <= maint_frac < 1 or not (deadline_days is None or deadline_days > 0) \
             or not mig_per_day > 0:
         raise ValueError("maint_frac must be in [0, 1), deadline_days and mig_per_day > 0")
-    pol = make_policy(policy)
+    pol = make_policy(policy) if balance is None else make_policy(policy, balance=balance)
     n_hosts = default_hosts(trace) if n_hosts is None else n_hosts
     t0 = time.perf_counter()
     t_begin, horizon = float(trace.start[0]), float(trace.start[-1])
@@ -184,7 +187,8 @@ def simulate_vm(trace: VMTrace, policy: str, *, n_hosts: int | None = None,
             next_sample += sample_dt
     done = [v - t_maint_start for v in drained.values() if v is not None]
     return {
-        "policy": policy, "mode": mode, "noise": noise, "hosts": n_hosts, "vms": n,
+        "policy": policy, "mode": mode, "noise": noise, "balance": pol.balance,
+        "hosts": n_hosts, "vms": n,
         "rejected": rejected,
         "empty_hosts_mean": float(np.mean(series["empty_frac"])),
         "stranded_cpu_frac": float(np.mean(series["stranded_cpu"])),

@@ -85,6 +85,13 @@ def test_predictor_modes_and_noise():
     noisy.bind(np.zeros(20_000, np.int64), np.zeros(20_000), np.full(20_000, np.inf))
     logs = np.log(noisy.mult)
     assert logs.std() == pytest.approx(1.0, rel=0.05) and abs(logs.mean()) < 0.05
+    # the noise knob degrades the oracle too: its true remaining time times the item's factor
+    noisy_orc = Predictor(m, "oracle", noise=0.5, seed=3)
+    noisy_orc.bind(np.zeros(3, np.int64), starts, ends)
+    assert noisy_orc.remaining(1, 4.0) == pytest.approx(46.0 * noisy_orc.mult[1])
+    assert noisy_orc.mult[1] != 1.0
+    np.testing.assert_allclose(noisy_orc.remaining_many(items[:2], 4.0),
+                               [1.0 * noisy_orc.mult[0], 46.0 * noisy_orc.mult[1]])
 
 
 @pytest.mark.parametrize("bad, match", [

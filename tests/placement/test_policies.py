@@ -51,6 +51,41 @@ def test_lava_puts_long_items_where_they_extend_nothing():
     assert e.place(3, 0.0) == 0                         # short item: both ext 0, lowest id
 
 
+@pytest.mark.parametrize("scan", [True, False])
+def test_lava_leaves_hosts_balanced(scan):
+    # equal lifetimes and equal leftover sums: best fit takes the lowest id, LAVA's balance
+    # term the host whose cpu and memory are left equally free (nothing stranded)
+    cases = [
+        # host 0 left (0.75, 0.25) free, host 1 (0.5, 0.5); item (0.25, 0.25): after it host 0
+        # has (0.5, 0.0) free (its cpu stranded), host 1 (0.25, 0.25)
+        ([0.25, 0.5, 0.25], [0.75, 0.5, 0.25]),
+        # a cpu-heavy item (0.5, 0.25) on host 0 (0.5, 0.75 free) or host 1 (0.75, 0.5):
+        # leftovers (0, 0.5) and (0.25, 0.25)
+        ([0.5, 0.25, 0.5], [0.25, 0.5, 0.25]),
+    ]
+    for cpu, mem in cases:
+        for policy, want in (("best-fit", 0), ("lava", 1), ("lars", 1)):
+            e = engine(policy, 3, cpu, mem, [10.0] * 3)
+            e.scan = scan
+            e.assign(0, 0, 0.0)
+            e.assign(1, 1, 0.0)
+            assert e.place(2, 0.0) == want, (policy, cpu)
+        e = engine("best-fit", 3, cpu, mem, [10.0] * 3)
+        e.policy = make_policy("best-fit", balance=1.0)
+        e.assign(0, 0, 0.0)
+        e.assign(1, 1, 0.0)
+        assert e.place(2, 0.0) == 1
+
+
+def test_balance_never_outweighs_lifetime():
+    # the balanced host empties at t=2, the other outlives the item (to t=100): LAVA still
+    # puts the item where it extends nothing
+    e = engine("lava", 3, [0.5, 0.25, 0.25], [0.5, 0.75, 0.25], [2.0, 100.0, 50.0])
+    e.assign(0, 0, 0.0)
+    e.assign(1, 1, 0.0)
+    assert e.place(2, 0.0) == 1
+
+
 def test_nilas_groups_similar_exit_times():
     cpu = [0.25, 0.25, 0.25]
     e = engine("nilas", 3, cpu, cpu, [3.0, 100.0, 90.0])
@@ -129,5 +164,8 @@ def test_engine_bad_inputs():
         PlacementEngine(0, make_policy("lava"), p, [0.5], [0.5])
     with pytest.raises(ValueError, match="policy"):
         make_policy("worst-fit")
+    for bad in (-1.0, 0.3, 5.0, "1"):
+        with pytest.raises(ValueError, match="balance"):
+            make_policy("lava", balance=bad)
     with pytest.raises(TypeError, match="policy"):
         PlacementEngine(2, "lava", p, [0.5], [0.5])

@@ -12,7 +12,7 @@ from flashkit.placement.vm_sim import simulate_vm
 from flashkit.placement.vm_trace import generate_vm_trace
 
 
-def _pair(policy, n_hosts, n, seed):
+def _pair(policy, n_hosts, n, seed, **options):
     rng = np.random.default_rng(seed)
     # small items on many hosts: cells of more than 32 hosts, boundary cells, full hosts
     cpu = rng.choice([1 / 64, 1 / 16, 1 / 8, 0.25, 0.5], n)
@@ -25,16 +25,17 @@ def _pair(policy, n_hosts, n, seed):
     for scan in (True, False):
         pred = Predictor(model, "repredict", noise=0.5, seed=seed)
         pred.bind(item_cls, starts, starts + life)
-        e = PlacementEngine(n_hosts, make_policy(policy), pred, cpu, mem, r0=1.0)
+        e = PlacementEngine(n_hosts, make_policy(policy, **options), pred, cpu, mem, r0=1.0)
         e.scan = scan
         engines.append(e)
     return engines, starts, life
 
 
-@pytest.mark.parametrize("policy", sorted(POLICIES))
-def test_scan_places_like_the_cell_walk(policy):
+@pytest.mark.parametrize("policy, options", [(p, {}) for p in sorted(POLICIES)]
+                         + [("best-fit", {"balance": 0.5}), ("nilas", {"balance": 2.0})])
+def test_scan_places_like_the_cell_walk(policy, options):
     n = 3000
-    (a, b), starts, life = _pair(policy, 70, n, seed=len(policy))
+    (a, b), starts, life = _pair(policy, 70, n, seed=len(policy), **options)
     ends = sorted((s + t, i) for i, (s, t) in enumerate(zip(starts, life)))
     k = 0
     for i in range(n):
