@@ -116,14 +116,9 @@ def _cmd_latency(args) -> int:
     from .latency import latency_tokens, measure_latency_table
 
     try:
-        import torch
-
-        if args.device == "cuda" and not torch.cuda.is_available():
-            raise ValueError("--device cuda: no CUDA device is available")
-        device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-        max_tokens = args.max_tokens or (32768 if device == "cuda" else 256)
-        table = measure_latency_table(tokens=latency_tokens(max_tokens), device=device,
-                                      backend=args.backend, rep_ms=args.rep_ms)
+        tokens = latency_tokens(args.max_tokens) if args.max_tokens else None
+        table = measure_latency_table(tokens=tokens, device=args.device, backend=args.backend,
+                                      rep_ms=args.rep_ms)
         with open(args.out, "w") as f:
             json.dump(table, f, indent=1)
     except (OSError, ValueError) as e:
