@@ -22,6 +22,7 @@ import time
 import numpy as np
 
 from .costs import HybridModelConfig
+from .latency import latency_tokens
 from .policy import PrefixCache
 
 __all__ = ["simulate", "default_latency_table", "load_latency_table", "sweep"]
@@ -30,7 +31,7 @@ ASSUMED_FLOPS_PER_S = 0.4 * 989e12
 
 
 def default_latency_table(config: HybridModelConfig, max_tokens: int = 262_144) -> dict:
-    tokens = [0] + [2 ** i for i in range(4, max_tokens.bit_length())]
+    tokens = latency_tokens(max_tokens)
     return {"tokens": tokens,
             "ms": [1e3 * config.prefill_flops(n) / ASSUMED_FLOPS_PER_S for n in tokens],
             "source": "analytic: prefill_flops / (0.4 * 989 TFLOP/s)"}
