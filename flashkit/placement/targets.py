@@ -3,8 +3,9 @@
 vm: a generated 100,000-VM, 14-day trace on 1.1 x its peak load in hosts; every policy with
 repredicted lifetimes, best fit with LAVA's balance term and LAVA without it, then LAVA with
 one-shot, oracle (exact and noisy) and noisy repredicted lifetimes, and the fluid bound.
-maint: the same trace with 10 % of the occupied hosts drained for maintenance (best-fit, LAVA,
-LARS, and the last two without the balance term). llm: a
+maint: the same trace with 10 % of the hosts (occupied ones) drained for maintenance in one wave,
+then in a rolling update of six (best-fit, LAVA, LARS, and the last two without the balance
+term). llm: a
 generated trace on decode instances, the baselines and LAVA, then LAVA's prediction variants.
 scale: the sizes of the issue (100,000 VMs on 5,000 hosts; 1,000,000 requests on 64 instances), one
 policy each, with the machine's load average beside the time.
@@ -78,8 +79,13 @@ def run_maint(n, seed):
     tr = generate_vm_trace(n, days=14.0, seed=seed)
     runs = [(p, None) for p in ("best-fit", "lava", "lars")]
     runs += [("lava", 0.0), ("lars", 0.0)]          # without the balance term
-    return [_row(simulate_vm(tr, p, maint_frac=0.1, balance=b), maint_frac=0.1)
-            for p, b in runs]
+    # one wave at mid-window, then a rolling update of six waves from early in it: which 34
+    # hosts one wave picks moves the VMs to drain by +-20 %; six waves average that out
+    rows = []
+    for waves, at in ((1, 0.5), (6, 0.05)):
+        kw = dict(maint_frac=0.1, maint_waves=waves, maint_at=at)
+        rows += [_row(simulate_vm(tr, p, balance=b, **kw), seed=seed, **kw) for p, b in runs]
+    return rows
 
 
 def run_llm(n, rate, instances, seed):
