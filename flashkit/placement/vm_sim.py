@@ -12,6 +12,8 @@ one migration slot every ``1 / mig_per_day`` days, used as the policy's drain sa
 day, or 90 % of what is left of the trace if less). ``maint_waves`` > 1: a rolling update,
 each wave starting at the previous one's deadline on hosts not drained before (one wave's 34
 hosts hold 430-620 VMs depending on which are picked: more waves, less of that noise).
+``maint_offset``: which phase of the stride over the occupied hosts a wave takes (0: every
+``stride``-th host from the first; the phases are disjoint choices of the drained hosts).
 """
 from __future__ import annotations
 
@@ -67,7 +69,8 @@ def simulate_vm(trace: VMTrace, policy: str, *, n_hosts: int | None = None,
                 balance: float | None = None, fit_fraction: float = 0.5,
                 samples: int = 400, refresh_days: float = 1 / 24, maint_frac: float = 0.01,
                 deadline_days: float | None = None, mig_per_day: float = 480.0,
-                maint_waves: int = 1, maint_at: float = 0.5, seed: int = 0) -> dict:
+                maint_waves: int = 1, maint_at: float = 0.5, maint_offset: int = 0,
+                seed: int = 0) -> dict:
     """Replay ``trace`` under ``policy``; returns the metrics as a dict.
 
     ``balance`` overrides the policy's weight of the leftover-balance term (policies.py; None:
@@ -89,9 +92,10 @@ def simulate_vm(trace: VMTrace, policy: str, *, n_hosts: int | None = None,
     if not 0 <= maint_frac < 1 or not (deadline_days is None or deadline_days > 0) \
             or not mig_per_day > 0:
         raise ValueError("maint_frac must be in [0, 1), deadline_days and mig_per_day > 0")
-    if not (isinstance(maint_waves, int) and maint_waves >= 1) or not 0 <= maint_at < 1:
-        raise ValueError(f"maint_waves must be an int >= 1 and maint_at in [0, 1), got "
-                         f"{maint_waves!r}, {maint_at!r}")
+    if not (isinstance(maint_waves, int) and maint_waves >= 1) or not 0 <= maint_at < 1 \
+            or not (isinstance(maint_offset, int) and maint_offset >= 0):
+        raise ValueError(f"maint_waves must be an int >= 1, maint_at in [0, 1) and maint_offset "
+                         f"an int >= 0, got {maint_waves!r}, {maint_at!r}, {maint_offset!r}")
     pol = make_policy(policy) if balance is None else make_policy(policy, balance=balance)
     n_hosts = default_hosts(trace) if n_hosts is None else n_hosts
     t0 = time.perf_counter()
@@ -181,7 +185,8 @@ def simulate_vm(trace: VMTrace, policy: str, *, n_hosts: int | None = None,
         elif now == t_maint:            # a wave: hosts not drained before, spread over ids
             occupied = [h for h in range(n_hosts) if eng.items[h] and h not in drained]
             k = max(1, round(maint_frac * n_hosts))
-            wave = occupied[:: max(1, len(occupied) // k)][:k]
+            stride = max(1, len(occupied) // k)
+            wave = occupied[maint_offset % stride:: stride][:k]
             for h in wave:
                 eng.exclude(h)
                 drained[h] = None

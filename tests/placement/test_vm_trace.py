@@ -82,6 +82,8 @@ def test_simulation_keeps_every_vm_and_drains():
         assert r["drain_hours_mean"] <= 12 + 1e-6     # all drained by the half-day deadline
     with pytest.raises(ValueError, match="maint_waves"):
         simulate_vm(tr, "lava", maint_waves=0)
+    with pytest.raises(ValueError, match="maint_offset"):
+        simulate_vm(tr, "lava", maint_offset=-1)
     with pytest.raises(ValueError, match="fit_fraction"):
         simulate_vm(tr, "lava", fit_fraction=1.5)
     with pytest.raises(ValueError, match="deadline_days"):
