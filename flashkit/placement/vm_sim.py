@@ -80,8 +80,11 @@ def simulate_vm(trace: VMTrace, policy: str, *, n_hosts: int | None = None,
     empty, averaged over ``samples`` instants after the fit window), stranded_cpu_frac /
     stranded_mem_frac (free cpu on hosts whose free memory is below the median VM's, and the
     converse, as fractions of all capacity), migrations, migrations_failed, drain_hours_mean,
-    hosts_drained, seconds, and the sampled series (t_days, empty_frac, stranded_cpu,
-    stranded_mem).
+    hosts_drained, drain_vms (VMs on the drained hosts at their wave's start), drain_exited
+    (those that exited before being moved), migrations_at_deadline (moved at the deadline,
+    beyond the rate), seconds, and the sampled series (t_days, empty_frac, stranded_cpu,
+    stranded_mem). Maintenance options (``maint_*``, ``deadline_days``, ``mig_per_day``): the
+    module docstring.
     """
     if not isinstance(trace, VMTrace):
         raise TypeError(f"trace must be a VMTrace, got {type(trace).__name__}")
