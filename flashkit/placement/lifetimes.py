@@ -266,6 +266,44 @@ class Predictor:
             return max(self.end_l[item] - now, 0.0) * self.mult_l[item]
         return max(self.means_l[self.cls_l[item]] * self.mult_l[item] - age, 0.0)
 
+    def alive_at(self, items: np.ndarray, now: float, until: float) -> np.ndarray:
+        """P(item still alive at ``until`` | alive at ``now``) for an int array of bound items.
+
+        'repredict': ``S(age + d) / S(age)`` from the item's class curve, ``d = (until - now) /
+        mult`` (the noisy item believes its remaining time ``mult`` x the curve's); where the
+        curve is sparse (fewer than 10 at risk) the Pareto shape that :meth:`SurvivalCurve.remaining`
+        extrapolates, ``(age / (age + d))^(1 + age / remaining)``. 'one-shot' and 'oracle': 1
+        where the predicted remaining time outlasts ``until - now``, else 0."""
+        items = np.asarray(items, np.int64)
+        d = until - now
+        if self.mode != "repredict":
+            return (self.remaining_many(items, now) > d).astype(np.float64)
+        if not hasattr(self, "_knots"):
+            self._survival_table()
+        age = np.maximum(now - self.start[items], 0.0)
+        cls = self.cls[items]
+        base, half = self._base[cls], self._base[1] / 2 if self._base.size > 1 else np.inf
+        s0 = self._s[np.searchsorted(self._knots, base + np.minimum(age, half), side="right") - 1]
+        s1 = self._s[np.searchsorted(self._knots, base + np.minimum(age + d / self.mult[items], half),
+                                     side="right") - 1]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ratio = s1 / s0
+            r = np.maximum(self.remaining_many(items, now) / self.mult[items], 1e-12)
+            pareto = (age / (age + d / self.mult[items])) ** (1 + age / r)
+        dense = (s0 > 0) & (age < self._t_ref[cls])
+        return np.where(dense, ratio, np.where(age > 0, pareto, 0.0))
+
+    def _survival_table(self) -> None:
+        """Every class's step curve in one sorted array: class c's knots shifted by c x a
+        span longer than any age, S beyond a curve's last knot 0, so one searchsorted looks
+        up S(age) for items of mixed classes (ages up to half the span, 1e6 time units)."""
+        curves = [self.model.curve(c) for c in range(self.model.n_classes)]
+        span = max(1e6, 4.0 * max(float(c.knots[-1]) for c in curves))
+        self._base = span * np.arange(len(curves), dtype=np.float64)
+        self._knots = np.concatenate([c.knots + b for c, b in zip(curves, self._base)])
+        self._s = np.concatenate([np.append(c.s, 0.0) for c in curves])
+        self._t_ref = np.array([c._t_ref for c in curves])
+
     def remaining_many(self, items: np.ndarray, now: float) -> np.ndarray:
         """Vectorized :meth:`remaining` for an int array of bound items."""
         age = now - self.start[items]

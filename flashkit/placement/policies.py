@@ -67,12 +67,24 @@ class Policy(abc.ABC):
             return a0 + a1
         return a0 + a1 + self.balance * np.abs(a0 - a1)
 
-    def drain_order(self, eng, items: list[int], now: float, deadline: float, rng):
-        """Items of hosts under maintenance -> (migrate in this order, wait for these to exit
-        until the deadline). Without lifetimes there is no better order than any: the baselines
-        migrate everything in a random order (``rng``, a numpy Generator) and wait for none."""
+    def drain_order(self, eng, items: list[int], now: float, deadline: float, rng) -> list[int]:
+        """Items of hosts under maintenance -> the queue :meth:`drain_next` reads. Without
+        lifetimes there is no better order than any: the baselines migrate everything in a
+        random order (``rng``, a numpy Generator), one per migration slot from the start."""
         items = sorted(items)
-        return [items[j] for j in rng.permutation(len(items))], []
+        return [items[j] for j in rng.permutation(len(items))]
+
+    def drain_next(self, eng, queue: list[int], pending: set, now: float, deadline: float,
+                   slots_left: int):
+        """The item to migrate in the slot at ``now``, or None to let the slot pass.
+        ``queue``: :meth:`drain_order`'s list (consumed here), ``pending``: the items still
+        on the drained hosts, ``slots_left``: migration slots after this one up to the
+        deadline. Baselines: the next queued item still pending, waiting for none."""
+        while queue:
+            item = queue.pop(0)
+            if item in pending:
+                return item
+        return None
 
 
 class FirstFit(Policy):
@@ -128,17 +140,24 @@ class LAVA(Policy):
 
 
 class LARS(LAVA):
-    """LAVA's placement; for maintenance, wait for the items predicted to exit before the
-    deadline and migrate the rest, longest predicted remaining lifetime first (an item that
-    would have exited soon is then the last one moved, and often never)."""
+    """LAVA's placement; for maintenance, wait for items to exit and migrate just in time: a
+    slot passes unused while the slots left until the deadline can still move every VM on the
+    drained hosts; when one must be used, it moves the VM most likely to still be there at
+    the deadline (``Predictor.alive_at``, repredicted at its age in every slot; ties: longest
+    predicted remaining time, then id). A VM that exits while it waits is a migration saved."""
 
     name = "lars"
 
     def drain_order(self, eng, items, now, deadline, rng):
-        rem = [(eng.predictor.remaining(i, now), i) for i in items]
-        wait = sorted((i for r, i in rem if now + r <= deadline))
-        move = [i for r, i in sorted(rem, key=lambda p: (-p[0], p[1])) if now + r > deadline]
-        return move, wait
+        return sorted(items)               # no fixed order: drain_next chooses per slot
+
+    def drain_next(self, eng, queue, pending, now, deadline, slots_left):
+        if len(pending) <= slots_left:
+            return None
+        items = np.fromiter(sorted(pending), np.int64, count=len(pending))
+        p = eng.predictor.alive_at(items, now, deadline)
+        r = eng.predictor.remaining_many(items, now)
+        return int(items[np.lexsort((items, -r, -p))[0]])
 
 
 POLICIES = {p.name: p for p in (FirstFit, BestFit, NILAS, LAVA, LARS)}

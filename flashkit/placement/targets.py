@@ -3,7 +3,8 @@
 vm: a generated 100,000-VM, 14-day trace on 1.1 x its peak load in hosts; every policy with
 repredicted lifetimes, best fit with LAVA's balance term and LAVA without it, then LAVA with
 one-shot, oracle (exact and noisy) and noisy repredicted lifetimes, and the fluid bound.
-maint: the same trace with 10 % of the occupied hosts drained for maintenance (best-fit, LAVA,
+maint: the same trace with 10 % of the hosts (occupied ones) drained for maintenance in one wave,
+on four disjoint choices of those hosts, then in a rolling update of six waves (best-fit, LAVA,
 LARS, and the last two without the balance term). llm: a
 generated trace on decode instances, the baselines and LAVA, then LAVA's prediction variants.
 scale: the sizes of the issue (100,000 VMs on 5,000 hosts; 1,000,000 requests on 64 instances), one
@@ -78,8 +79,16 @@ def run_maint(n, seed):
     tr = generate_vm_trace(n, days=14.0, seed=seed)
     runs = [(p, None) for p in ("best-fit", "lava", "lars")]
     runs += [("lava", 0.0), ("lars", 0.0)]          # without the balance term
-    return [_row(simulate_vm(tr, p, maint_frac=0.1, balance=b), maint_frac=0.1)
-            for p, b in runs]
+    # one wave at mid-window on four disjoint choices of its hosts (which 34 hosts it drains
+    # moves the VMs to drain by +-20 %: the offsets average that out), then a rolling update
+    # of six waves from early in the window
+    rows = []
+    cases = [dict(maint_waves=1, maint_at=0.5, maint_offset=o) for o in range(4)]
+    cases.append(dict(maint_waves=6, maint_at=0.05, maint_offset=0))
+    for kw in cases:
+        rows += [_row(simulate_vm(tr, p, balance=b, maint_frac=0.1, **kw), seed=seed,
+                      maint_frac=0.1, **kw) for p, b in runs]
+    return rows
 
 
 def run_llm(n, rate, instances, seed):

@@ -130,3 +130,25 @@ def test_median_residual_life():
     assert p.remaining(0, 0.0) == pytest.approx(2 * math.log(2), rel=0.08)
     with pytest.raises(ValueError, match="stat"):
         Predictor(m, stat="mode")
+
+
+def test_alive_at_against_closed_forms():
+    # P(T > t + d | T > t): exp(-d / mean) for the exponential; (t / (t + d))^alpha for a
+    # Pareto past x_m, also past twice the oldest sample, where the curve is extrapolated in
+    # the Pareto shape (which an exponential does not have: no such age for it)
+    rng = np.random.default_rng(6)
+    a, xm = 2.5, 1.0
+    expo, pareto = rng.exponential(3.0, N), xm * (1 + rng.pareto(a, N))
+    cases = ((expo, (0.0, 2.0, 6.0), lambda t, d: np.exp(-d / 3.0)),
+             (pareto, (1.0, 3.0, 8.0, 2 * pareto.max()), lambda t, d: (t / (t + d)) ** a))
+    for life, ages, closed in cases:
+        m = LifetimeModel(life, np.zeros(N, np.int64))
+        ages = np.array(ages)
+        p = Predictor(m, "repredict", age0=0.01)
+        p.bind(np.zeros(ages.size, np.int64), -ages, np.full(ages.size, np.inf))
+        for d in (0.5, 2.0):
+            got = p.alive_at(np.arange(ages.size), 0.0, d)
+            np.testing.assert_allclose(got, closed(ages, d), rtol=0.08, atol=0.01)
+    orc = Predictor(m, "oracle")
+    orc.bind(np.zeros(3, np.int64), np.zeros(3), np.array([1.0, 2.0, 5.0]))
+    np.testing.assert_array_equal(orc.alive_at(np.arange(3), 0.5, 2.5), [0.0, 0.0, 1.0])

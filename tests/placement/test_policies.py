@@ -112,13 +112,34 @@ def test_misprediction_is_corrected_by_reprediction():
         assert e.host_cls[0] == cls, mode
 
 
-def test_lars_waits_for_short_items_and_moves_long_first():
-    e = engine("lars", 2, [0.1] * 4, [0.1] * 4, [5.0, 100.0, 1.0, 50.0])
-    move, wait = make_policy("lars").drain_order(e, [0, 1, 2, 3], 0.0, 10.0, None)
-    assert move == [1, 3] and wait == [0, 2]
-    move, wait = make_policy("best-fit").drain_order(e, [0, 1, 2, 3], 0.0, 10.0,
-                                                     np.random.default_rng(0))
-    assert sorted(move) == [0, 1, 2, 3] and wait == []
+def test_lars_waits_while_the_slots_left_suffice_then_moves_the_likeliest_survivor():
+    # class 0: 90 % live 0.1, 10 % live 100 (mean residual at age 0: 10.09, P(alive at 1): 0.1);
+    # class 1: all live 3 (mean residual 3, P(alive at 1): 1). The VM that must move is the
+    # class-1 one: it will still be there at the deadline; the longest mean residual is not
+    life = np.array([0.1] * 900 + [100.0] * 100 + [3.0] * 1000)
+    m = LifetimeModel(life, np.repeat([0, 1], 1000))
+    pred = Predictor(m, "repredict", age0=0.01)
+    pred.bind(np.array([0, 1]), np.zeros(2), np.full(2, np.inf))
+    e = PlacementEngine(2, make_policy("lars"), pred, [0.1, 0.1], [0.1, 0.1], r0=1.0)
+    assert pred.remaining(0, 0.0) > pred.remaining(1, 0.0)
+    np.testing.assert_allclose(pred.alive_at(np.array([0, 1]), 0.0, 1.0), [0.1, 1.0])
+    lars = make_policy("lars")
+    q = lars.drain_order(e, [1, 0], 0.0, 1.0, None)
+    assert lars.drain_next(e, q, {0, 1}, 0.0, 1.0, slots_left=2) is None
+    assert lars.drain_next(e, q, {0, 1}, 0.0, 1.0, slots_left=1) == 1
+    assert lars.drain_next(e, q, {0}, 0.5, 1.0, slots_left=0) == 0
+
+
+def test_baselines_drain_in_a_random_order_waiting_for_none():
+    e = engine("best-fit", 2, [0.1] * 4, [0.1] * 4, [5.0, 100.0, 1.0, 50.0])
+    bf = make_policy("best-fit")
+    q = bf.drain_order(e, [0, 1, 2, 3], 0.0, 10.0, np.random.default_rng(0))
+    assert sorted(q) == [0, 1, 2, 3]
+    order = list(q)
+    pending = {0, 1, 3}                                   # item 2 exited before its turn
+    got = [bf.drain_next(e, q, pending, 0.0, 10.0, slots_left=99) for _ in range(3)]
+    assert got == [i for i in order if i != 2]
+    assert bf.drain_next(e, q, pending, 0.0, 10.0, slots_left=99) is None
 
 
 def test_no_room_returns_minus_one():
