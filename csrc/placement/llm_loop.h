@@ -77,7 +77,8 @@ class LLMLoop {
         admitted_at_(a.n, 0.0), queued_at_(a.n, 0.0), dep_ver_(a.n, 0), item_host_(a.n, -1),
         item_pos_(a.n, 0), used_(H_, 0.0), t_upd_(H_, 0.0), full_at_(H_, kInf), active_(H_, 0),
         newest_(H_), free0_(H_, 1.0), free1_(H_, 1.0), exit_(H_, 0.0), anchor_(H_, -1),
-        host_cls_(H_, a.n_classes), items_(H_), cell_of_(H_, -1), count_(cells_, 0),
+        host_cls_(H_, a.n_classes), items_(H_), cell_of_(H_, -1), b0_(H_, a.q), b1_(H_, a.q),
+        count_(cells_, 0),
         cell_min_(cells_, kInf), bits_(cells_ * words_, 0), s_(H_, kInf),
         r_top_(std::ldexp(a.r0, static_cast<int>(a.n_classes - 2))) {
     for (int64_t h = 0; h < H_; ++h) put(h, cell(a.n_classes, 1.0, 1.0));
@@ -161,12 +162,17 @@ class LLMLoop {
     cell_of_[h] = c;
   }
 
-  // PlacementEngine._reindex (no host is ever excluded in the llm domain)
+  // PlacementEngine._reindex (no host is ever excluded in the llm domain). The host's buckets
+  // are kept beside its cell: the scan then tests them without two integer divisions per host
+  // (cell / w % w, cell % w; 1.35 vs 1.24 s for the 1M-request loop, mean of two alternating
+  // runs each on the shared 2-core machine, where one run varies by 30 %).
   void reindex(int64_t h, double now) {
     int64_t c = a_.n_classes;
     if (!items_[h].empty()) c = a_.uses_lifetime ? life_class(exit_[h] - now) : 0;
     host_cls_[h] = c;
-    put(h, cell(c, free0_[h], free1_[h]));
+    b0_[h] = bucket(free0_[h]);
+    b1_[h] = bucket(free1_[h]);
+    put(h, (c * w_ + b0_[h]) * w_ + b1_[h]);
   }
 
   double host_key(int64_t h, double n0, double n1) const {
@@ -209,10 +215,12 @@ class LLMLoop {
   std::vector<double> free0_, free1_, exit_;
   std::vector<int64_t> anchor_, host_cls_;
   std::vector<std::vector<int64_t>> items_;   // unordered: only max() and emptiness are read
-  std::vector<int64_t> cell_of_, count_;
+  std::vector<int64_t> cell_of_, b0_, b1_, count_;
   std::vector<double> cell_min_;
   std::vector<uint64_t> bits_;                // members of each cell, ascending by host id
   std::vector<double> s_;                     // scan scores, one per host
+  double full_t_ = kInf;                      // the earliest full_at_ and its instance (-1:
+  int64_t full_h_ = -1;                       // none, -2: to be found again)
   const double r_top_;
   std::priority_queue<Departure, std::vector<Departure>, std::greater<Departure>> deps_;
   std::deque<int64_t> queue_;
