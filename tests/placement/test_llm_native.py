@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from flashkit import jit
+from flashkit.placement import LifetimeModel, PlacementEngine, Predictor, make_policy
 from flashkit.placement import engine as engine_mod
 from flashkit.placement import llm_native
 from flashkit.placement.llm_sim import simulate_llm
@@ -59,6 +60,27 @@ def test_compiled_loop_matches_python(n, rate, hosts, kv, batch, policy, mode, n
     assert _metrics(got) == _metrics(want)
     assert len(want["series"]["t_s"]) >= 390
     assert want["preemptions"] > 0 or want["empty_hosts_mean"] > 0
+
+
+def test_ordered_index_searches_the_lowest_ids():
+    # 40 hosts with ids 100-139 in one cell: their set's table has 128 slots, so its order
+    # wraps (128 first); the ordered index compares the 32 lowest fitting ids, whatever the set
+    from flashkit.placement.index import HostIndex
+
+    idx = HostIndex(200, 14, 16, ordered=True)
+    for h in range(100, 140):
+        idx.put(h, 7)
+    # 100-132 but 105 are the 32 lowest that fit; the key prefers the highest id among them
+    assert idx.pick(7, False, lambda h: h != 105, lambda h: -h) == 132
+    with pytest.raises(TypeError, match="ordered must be a bool"):
+        PlacementEngine(2, make_policy("lava"), _bound_predictor(), [0.5], [0.5], ordered=1)
+
+
+def _bound_predictor():
+    model = LifetimeModel(np.ones(60), np.zeros(60, np.int64))
+    p = Predictor(model)
+    p.bind([0], [0.0], [1.0])
+    return p
 
 
 @native
