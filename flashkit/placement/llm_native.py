@@ -63,8 +63,10 @@ def native_available() -> tuple[bool, str]:
         if ok:
             try:
                 _module = jit.load(llm_loop_spec())
-            except jit.JitError as exc:     # a compile error is logged with its build log
-                ok, why = False, str(exc).splitlines()[0]
+            except jit.JitError as exc:     # one line; a compile error names its build log
+                log_path = getattr(exc, "log_path", None)
+                ok, why = False, str(exc).splitlines()[0] + (f" (log: {log_path})"
+                                                             if log_path else "")
         _why_not = "" if ok else why
     return not _why_not, _why_not
 

@@ -131,6 +131,18 @@ def test_auto_falls_back_to_python_with_one_warning(fresh_probe, monkeypatch, ca
         simulate_llm(tr, "best-fit", n_instances=4, kv_block_requests=0, backend="ninja")
 
 
+def test_a_failed_build_falls_back_naming_its_log(fresh_probe, monkeypatch, caplog):
+    def broken(spec):
+        raise jit.JitCompileError(spec.uri, "/x/source.cpp", "/x/build.log", "error: no")
+
+    monkeypatch.setattr(jit, "load", broken)
+    tr = generate_llm_trace(300, rate=20, seed=0)
+    with caplog.at_level(logging.WARNING, logger="flashkit.placement"):
+        r = simulate_llm(tr, "lava", n_instances=4, kv_block_requests=0)
+    assert r["backend"] == "python"
+    assert "failed to compile llm_loop_ninja" in caplog.text and "(log: /x/build.log)" in caplog.text
+
+
 def test_more_hosts_than_the_scan_run_in_python(monkeypatch):
     # engines above engine._SCAN_HOSTS walk the cells; only the scan is compiled
     monkeypatch.setattr(engine_mod, "_SCAN_HOSTS", 4)
