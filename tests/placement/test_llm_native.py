@@ -186,6 +186,9 @@ def test_the_binding_guards_its_arrays():
     kw["cls"] = np.array([0, 5, 0])
     with pytest.raises(ValueError, match="class beyond"):
         llm_native._module.run(**kw)
-    kw["cls"], kw["statics"] = ints * 0, np.zeros((14, 2, 10))
+    kw["cls"], kw["mult"] = ints * 0, np.array([1.0, np.nan, 1.0])
+    with pytest.raises(ValueError, match="must be finite"):
+        llm_native._module.run(**kw)
+    kw["mult"], kw["statics"] = one, np.zeros((14, 2, 10))
     with pytest.raises(ValueError, match="statics"):
         llm_native._module.run(**kw)
