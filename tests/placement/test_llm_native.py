@@ -84,6 +84,27 @@ def _bound_predictor():
 
 
 @native
+@pytest.mark.parametrize("seed", range(8))
+def test_compiled_loop_matches_python_on_random_settings(seed):
+    # the settings the fixed cases keep at their defaults too: reprediction period, samples,
+    # fit window, step length, balance weights off the usual values, 1 and 130 instances
+    rng = np.random.default_rng(seed)
+    hosts = int(rng.choice([1, 2, 5, 16, 33, 65, 130]))
+    batch = int(rng.choice([1, 3, 32, 100, 256]))
+    kw = dict(n_instances=hosts, max_batch=batch, kv_tokens=int(rng.choice([16384, 20000, 65536])),
+              mode=str(rng.choice(["repredict", "one-shot", "oracle"])),
+              noise=float(rng.choice([0.0, 0.25, 2.0])), balance=float(rng.choice([0, 1 / 32, 3.0])),
+              refresh_steps=float(rng.choice([16.0, 1000.5])), samples=int(rng.choice([10, 400])),
+              fit_fraction=float(rng.choice([0.3, 0.9])), step_s=float(rng.choice([0.01, 0.1])),
+              kv_block_requests=0, seed=seed)
+    policy = str(rng.choice(["first-fit", "best-fit", "nilas", "lava", "lars"]))
+    tr = generate_llm_trace(int(rng.integers(300, 1500)),
+                            rate=float(rng.uniform(0.5, 40) * hosts * batch / 64 + 1), seed=seed)
+    want = simulate_llm(tr, policy, backend="python", **kw)
+    assert _metrics(simulate_llm(tr, policy, backend="ninja", **kw)) == _metrics(want)
+
+
+@native
 def test_compiled_loop_matches_the_recorded_run():
     # the numbers of test_scan.test_llm_event_loop_matches_the_recorded_run (commit 8edae48)
     tr = generate_llm_trace(3000, rate=200, seed=1)
