@@ -104,17 +104,6 @@ def test_compiled_loop_matches_python_on_random_settings(seed):
     assert _metrics(simulate_llm(tr, policy, backend="ninja", **kw)) == _metrics(want)
 
 
-@native
-def test_compiled_loop_matches_the_recorded_run():
-    # the numbers of test_scan.test_llm_event_loop_matches_the_recorded_run (commit 8edae48)
-    tr = generate_llm_trace(3000, rate=200, seed=1)
-    tr.context[:] = np.minimum(tr.context, 3000)
-    r = simulate_llm(tr, "lava", n_instances=4, kv_tokens=16_384, max_batch=64,
-                     kv_block_requests=0, backend="ninja")
-    assert r["preemptions"] == 54
-    assert r["makespan_s"] == pytest.approx(3911.0599960803434, rel=1e-12)
-
-
 def test_the_loop_is_a_shipped_spec():
     from flashkit.jit import registry
 
