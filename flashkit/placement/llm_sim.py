@@ -59,11 +59,13 @@ def simulate_llm(trace: LLMTrace, policy: str, *, n_instances: int = 64,
     if not isinstance(trace, LLMTrace):
         raise TypeError(f"trace must be an LLMTrace, got {type(trace).__name__}")
     for name, v in (("n_instances", n_instances), ("kv_tokens", kv_tokens),
-                    ("max_batch", max_batch)):
+                    ("max_batch", max_batch), ("samples", samples)):
         if not isinstance(v, int) or v < 1:
             raise ValueError(f"{name} must be an int >= 1, got {v!r}")
     if not 0 < fit_fraction < 1 or not step_s > 0:
         raise ValueError("fit_fraction must be in (0, 1) and step_s > 0")
+    if not (isinstance(refresh_steps, (int, float)) and 0 < refresh_steps < math.inf):
+        raise ValueError(f"refresh_steps must be a finite number > 0, got {refresh_steps!r}")
     if backend not in llm_native.BACKENDS:
         raise ValueError(f"backend must be one of {llm_native.BACKENDS}, got {backend!r}")
     big = np.flatnonzero(trace.context + trace.generated > kv_tokens)

@@ -169,6 +169,16 @@ def test_backend_must_be_one_of_three(backend):
         simulate_llm(tr, "lava", n_instances=2, kv_block_requests=0, backend=backend)
 
 
+@pytest.mark.parametrize("kw, match", [(dict(samples=0), "samples must be an int >= 1"),
+                                       (dict(refresh_steps=0.0), "refresh_steps must be"),
+                                       (dict(refresh_steps=float("nan")), "refresh_steps must be")])
+def test_loop_settings_are_checked(kw, match):
+    # refresh_steps 0 would never let the loop's clock pass the first reprediction
+    tr = generate_llm_trace(50, rate=20, seed=0)
+    with pytest.raises(ValueError, match=match):
+        simulate_llm(tr, "lava", n_instances=2, kv_block_requests=0, **kw)
+
+
 @native
 def test_a_prompt_class_without_a_curve_is_refused():
     # the fit window (first half) has only short prompts: the second half's 8,000-token prompt
