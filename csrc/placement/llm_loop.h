@@ -16,6 +16,9 @@
 //   - a cell of more than 32 hosts is searched in ascending host id (the llm engine's index is
 //     built with ordered=True for this);
 //   - Python's round() is round-half-even: std::nearbyint in the default rounding mode.
+// Not reproduced bit for bit everywhere: the reference's reprediction pass takes classes from
+// numpy's log2, this one from the C library's (the same result unless a numpy build dispatches
+// log2 to its own AVX-512 code and a value falls within an ulp of a class boundary).
 #pragma once
 
 #include <cmath>
