@@ -49,6 +49,7 @@ def _cmd_jit_ls(args) -> int:
 
 def _cmd_jit_build(args) -> int:
     from . import jit, ops  # noqa: F401  (ops registers the shipped specializations)
+    from .placement import llm_native  # noqa: F401  (and the compiled llm event loop)
 
     if not args.all and not args.names:
         raise ValueError("name specs (globs over families or spec names) or pass --all")

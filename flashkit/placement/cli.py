@@ -56,6 +56,7 @@ def plot_series(results, path, domain) -> None:
 
 
 def _cmd_sim(args) -> int:
+    from ..jit.errors import BackendUnavailableError
     from .llm_sim import simulate_llm
     from .llm_trace import read_llm_trace
     from .vm_sim import simulate_vm
@@ -77,10 +78,11 @@ def _cmd_sim(args) -> int:
                 return simulate_llm(trace, p, n_instances=64 if args.hosts is None else args.hosts,
                                     kv_tokens=args.kv_tokens, max_batch=args.max_batch,
                                     mode=args.mode, noise=args.noise, seed=args.seed,
-                                    kv_block_requests=args.kv_block_requests)
+                                    kv_block_requests=args.kv_block_requests,
+                                    backend=args.backend)
         for p in policies:
             results.append(run(p))
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, BackendUnavailableError) as e:
         return _fail("placement-sim", e)
     for r in results:
         extra = (f", migrations {r['migrations']}, drain {r['drain_hours_mean']:.2f} h"
@@ -130,6 +132,9 @@ def add_parser(subparsers) -> None:
     sim.add_argument("--kv-block-requests", type=int, default=20_000,
                      help="llm: requests of instance 0 replayed page by page for the KV block "
                      "metrics (0: skip)")
+    sim.add_argument("--backend", choices=["auto", "python", "ninja"], default="auto",
+                     help="llm: the event loop, compiled (ninja, up to 512 instances) or Python; "
+                     "auto: compiled where it builds (default)")
     sim.add_argument("--json", help="write one object per policy here (a list)")
     sim.add_argument("--plot", help="PNG of empty hosts and stranding over time (matplotlib)")
     sim.set_defaults(fn=_cmd_sim)

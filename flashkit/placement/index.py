@@ -26,10 +26,14 @@ class HostIndex:
         Lifetime classes; one more (the last) holds empty hosts.
     q : int
         Buckets per unit of a resource (capacities are fractions of one host, in [0, 1]).
+    ordered : bool
+        :meth:`pick` searches a cell of more than 32 hosts in ascending host id (True) or in
+        the order of its set (False: slot order, ascending only while the ids are below the
+        set's table size, 64 slots or more for such a cell).
     """
 
-    def __init__(self, n_hosts: int, n_classes: int, q: int):
-        self.q, self.n_classes = q, n_classes
+    def __init__(self, n_hosts: int, n_classes: int, q: int, *, ordered: bool = False):
+        self.q, self.n_classes, self.ordered = q, n_classes, ordered
         self.shape = (n_classes + 1, q + 1, q + 1)
         self.count = np.zeros(self.shape, np.int64)
         self.cell_min = np.full(self.shape, np.inf)   # lowest host id per cell (first-fit order)
@@ -98,7 +102,7 @@ class HostIndex:
         if sure:
             return int(self._min[cell])
         ok = []
-        for h in m:
+        for h in (sorted(m) if self.ordered else m):
             if fits(h):
                 ok.append(h)
                 if len(ok) == _SCAN:

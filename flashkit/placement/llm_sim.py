@@ -18,6 +18,8 @@ import time
 
 import numpy as np
 
+from . import engine as engine_mod
+from . import llm_native
 from .engine import PlacementEngine
 from .kv_blocks import simulate_kv_blocks
 from .lifetimes import LifetimeModel, Predictor
@@ -31,14 +33,20 @@ def simulate_llm(trace: LLMTrace, policy: str, *, n_instances: int = 64,
                  kv_tokens: int = 131_072, max_batch: int = 256, step_s: float = 0.025,
                  mode: str = "repredict", noise: float = 0.0, fit_fraction: float = 0.5,
                  samples: int = 400, refresh_steps: float = 256.0, kv_block_requests: int = 5000,
-                 balance: float = 0.0, seed: int = 0) -> dict:
+                 balance: float = 0.0, seed: int = 0, backend: str = "auto") -> dict:
     """Replay ``trace`` under ``policy`` on ``n_instances``; returns the metrics as a dict.
 
     ``balance`` is the policy's weight of the leftover-balance term (policies.py), 0 here
     for every policy: a request's KV grows after admission, so how balanced KV and batch
     slots are left at admission says little about what is stranded later.
 
-    Keys: policy, mode, noise, balance, hosts, requests, preemptions, empty_hosts_mean (fraction of
+    ``backend``: ``"python"`` runs the event loop below (the reference), ``"ninja"`` the same
+    loop compiled (llm_native.py: identical results, for up to 512 instances, the engine's
+    host scan), ``"auto"`` the compiled loop where it builds and loads here and the engine
+    scans, else the Python loop (a missing toolchain is logged once).
+
+    Keys: policy, mode, noise, balance, hosts, requests, backend (the loop that ran),
+    preemptions, empty_hosts_mean (fraction of
     instances with no request, sampled after the fit window), stranded_mem_frac (free KV on
     instances whose batch is full) and stranded_cpu_frac (free batch slots on instances
     whose free KV is below the median context), queue_wait_s_mean, tokens_per_s (generated
@@ -51,11 +59,15 @@ def simulate_llm(trace: LLMTrace, policy: str, *, n_instances: int = 64,
     if not isinstance(trace, LLMTrace):
         raise TypeError(f"trace must be an LLMTrace, got {type(trace).__name__}")
     for name, v in (("n_instances", n_instances), ("kv_tokens", kv_tokens),
-                    ("max_batch", max_batch)):
+                    ("max_batch", max_batch), ("samples", samples)):
         if not isinstance(v, int) or v < 1:
             raise ValueError(f"{name} must be an int >= 1, got {v!r}")
     if not 0 < fit_fraction < 1 or not step_s > 0:
         raise ValueError("fit_fraction must be in (0, 1) and step_s > 0")
+    if not (isinstance(refresh_steps, (int, float)) and 0 < refresh_steps < math.inf):
+        raise ValueError(f"refresh_steps must be a finite number > 0, got {refresh_steps!r}")
+    if backend not in llm_native.BACKENDS:
+        raise ValueError(f"backend must be one of {llm_native.BACKENDS}, got {backend!r}")
     big = np.flatnonzero(trace.context + trace.generated > kv_tokens)
     if big.size:
         j = int(big[0])
@@ -63,21 +75,65 @@ def simulate_llm(trace: LLMTrace, policy: str, *, n_instances: int = 64,
                          f"{trace.generated[j]} tokens of KV, larger than an instance "
                          f"(kv_tokens={kv_tokens})")
     pol = make_policy(policy, balance=balance)
+    # before the clock starts: a first call may build the compiled loop (seconds, then cached)
+    backend = llm_native.resolve_backend(backend, n_instances <= engine_mod._SCAN_HOSTS)
     t0 = time.perf_counter()
     n = len(trace)
     arrive = (trace.arrival / step_s).tolist()
-    ctx0, gen0 = trace.context.tolist(), trace.generated.tolist()
     classes = np.floor(np.log2(np.maximum(trace.context, 1))).astype(np.int64)
     cut_i = max(1, int(fit_fraction * n))
     # history: requests of the fit window, their lifetimes fully observed
     model = LifetimeModel(trace.generated[:cut_i].astype(float), classes[:cut_i])
     pred = Predictor(model, mode, noise=noise, age0=1.0, seed=seed)
     pred.bind(classes, np.asarray(arrive), np.asarray(arrive) + trace.generated)
-    start_l = pred.start_l                             # age = tokens generated so far
-    cap, slot = float(kv_tokens), 1.0 / max_batch
-    need0 = ((trace.context + 1) / cap).clip(max=1.0)
+    need0 = ((trace.context + 1) / float(kv_tokens)).clip(max=1.0)
     eng = PlacementEngine(n_instances, pol, pred, np.maximum(need0, 1e-9),
-                          np.full(n, slot), r0=16.0)
+                          np.full(n, 1.0 / max_batch), r0=16.0, ordered=True)
+    t_cut, horizon = arrive[cut_i - 1], arrive[-1]
+    consts = dict(max_batch=max_batch, step_s=step_s, t_cut=t_cut, horizon=horizon,
+                  sample_dt=max((horizon - t_cut) / samples, 1e-9), refresh_steps=refresh_steps,
+                  probe=float(np.median(trace.context)))
+    if backend == "ninja":
+        out = llm_native.run_llm_loop(trace, eng, pred, arrive, cap=float(kv_tokens), **consts)
+    else:
+        out = _python_loop(trace, eng, pred, arrive, cap=float(kv_tokens), **consts)
+    seconds = time.perf_counter() - t0
+    kv = {"kv_empty_blocks_mean": None, "kv_fragmentation": None, "kv_preemptions": None}
+    if kv_block_requests > 0:
+        sub = np.arange(0, n, n_instances)[:kv_block_requests]
+        kv_pred = None
+        if pol.uses_lifetime:
+            kv_pred = Predictor(model, mode, noise=noise, age0=1.0, seed=seed + 1)
+            a = np.asarray(arrive)[sub]
+            kv_pred.bind(classes[sub], a, a + trace.generated[sub])
+        kv = simulate_kv_blocks(np.asarray(arrive)[sub], trace.context[sub],
+                                trace.generated[sub], kv_pred,
+                                num_pages=kv_tokens // 256 * 16, max_batch=max_batch)
+    series = out["series"]
+    last_exit = out["last_exit"]
+    return {
+        "policy": policy, "mode": mode, "noise": noise, "balance": pol.balance,
+        "hosts": n_instances, "requests": n, "backend": backend,
+        **kv,
+        "preemptions": out["preemptions"],
+        "empty_hosts_mean": float(np.mean(series["empty_frac"])),
+        "stranded_cpu_frac": float(np.mean(series["stranded_slots"])),
+        "stranded_mem_frac": float(np.mean(series["stranded_kv"])),
+        "migrations": 0,
+        "queue_wait_s_mean": out["wait_steps"] / max(out["waited"], 1) * step_s,
+        "makespan_s": last_exit * step_s,
+        "tokens_per_s": out["tokens_done"] / max(last_exit * step_s, 1e-9),
+        "seconds": seconds, "kv_seconds": time.perf_counter() - t0 - seconds, "series": series,
+    }
+
+
+def _python_loop(trace, eng, pred, arrive, *, cap, max_batch, step_s, t_cut, horizon, sample_dt,
+                 refresh_steps, probe) -> dict:
+    """The event loop (the reference of llm_native.py): counters and the sampled series."""
+    n, n_instances, pol = len(arrive), eng.n_hosts, eng.policy
+    ctx0, gen0 = trace.context.tolist(), trace.generated.tolist()
+    start_l = pred.start_l                              # age = tokens generated so far
+    slot = 1.0 / max_batch
     lifetime_aware = pol.uses_lifetime
     used = [0.0] * n_instances                          # KV tokens at t_upd
     active = [0] * n_instances
@@ -99,12 +155,8 @@ def simulate_llm(trace: LLMTrace, policy: str, *, n_instances: int = 64,
     wait_steps = 0.0
     queued_at = [0.0] * n
     i = 0
-    t_cut = arrive[cut_i - 1]
-    horizon = arrive[-1]
-    sample_dt = max((horizon - t_cut) / samples, 1e-9)
     next_sample, next_refresh = t_cut, refresh_steps
     series = {"t_s": [], "empty_frac": [], "stranded_kv": [], "stranded_slots": []}
-    probe = float(np.median(trace.context))
     tokens_done = completed = 0
     last_exit = 0.0
 
@@ -140,6 +192,7 @@ def simulate_llm(trace: LLMTrace, policy: str, *, n_instances: int = 64,
             rem = gen0[j] - done[j]
             r = pred.remaining(j, now)
             eng.need0[j] = min(1.0, (ctx[j] + (r if lifetime_aware else 1)) / cap)
+            failed = -1
             while True:
                 h = eng.place(j, now, reindex=False, r=r)   # publish() re-indexes h
                 if h < 0:
@@ -149,6 +202,15 @@ def simulate_llm(trace: LLMTrace, policy: str, *, n_instances: int = 64,
                     break
                 eng.release(j, now, reindex=False)      # the index was stale: KV grew
                 publish(h, now)
+                if h == failed:
+                    # h was exact already and the same pick would follow for ever: a
+                    # prediction under one token (r < 1) asked for less than the token that
+                    # admission needs. Ask for that token; wait if even that is not exact.
+                    one = (ctx[j] + 1) / cap
+                    if eng.need0[j] >= one:
+                        return
+                    eng.need0[j] = min(1.0, one)
+                failed = h
             queue.popleft()
             wait_steps += now - queued_at[j]
             waited += 1
@@ -215,39 +277,20 @@ def simulate_llm(trace: LLMTrace, policy: str, *, n_instances: int = 64,
             next_refresh += refresh_steps
         else:
             if now <= horizon:
-                live = [used[h] + active[h] * (now - t_upd[h]) for h in range(n_instances)]
-                full = [active[h] >= max_batch for h in range(n_instances)]
+                # sums in host order, one addition at a time (sum() of floats compensates
+                # from Python 3.12 on; the compiled loop adds as this does)
+                kv_free = slots_free = 0.0
+                for h in range(n_instances):
+                    a = active[h]
+                    u = used[h] + a * (now - t_upd[h])
+                    if a >= max_batch:
+                        kv_free += cap - u
+                    if a and cap - u < probe:
+                        slots_free += (max_batch - a) * slot
                 series["t_s"].append(now * step_s)
-                series["empty_frac"].append(sum(a == 0 for a in active) / n_instances)
-                series["stranded_kv"].append(
-                    sum(cap - u for u, f in zip(live, full) if f) / (cap * n_instances))
-                series["stranded_slots"].append(
-                    sum((max_batch - a) * slot for a, u in zip(active, live)
-                        if a and cap - u < probe) / n_instances)
+                series["empty_frac"].append(active.count(0) / n_instances)
+                series["stranded_kv"].append(kv_free / (cap * n_instances))
+                series["stranded_slots"].append(slots_free / n_instances)
             next_sample = next_sample + sample_dt if now <= horizon else math.inf
-    seconds = time.perf_counter() - t0
-    kv = {"kv_empty_blocks_mean": None, "kv_fragmentation": None, "kv_preemptions": None}
-    if kv_block_requests > 0:
-        sub = np.arange(0, n, n_instances)[:kv_block_requests]
-        kv_pred = None
-        if lifetime_aware:
-            kv_pred = Predictor(model, mode, noise=noise, age0=1.0, seed=seed + 1)
-            a = np.asarray(arrive)[sub]
-            kv_pred.bind(classes[sub], a, a + trace.generated[sub])
-        kv = simulate_kv_blocks(np.asarray(arrive)[sub], trace.context[sub],
-                                trace.generated[sub], kv_pred,
-                                num_pages=kv_tokens // 256 * 16, max_batch=max_batch)
-    return {
-        "policy": policy, "mode": mode, "noise": noise, "balance": pol.balance,
-        "hosts": n_instances, "requests": n,
-        **kv,
-        "preemptions": preemptions,
-        "empty_hosts_mean": float(np.mean(series["empty_frac"])),
-        "stranded_cpu_frac": float(np.mean(series["stranded_slots"])),
-        "stranded_mem_frac": float(np.mean(series["stranded_kv"])),
-        "migrations": 0,
-        "queue_wait_s_mean": wait_steps / max(waited, 1) * step_s,
-        "makespan_s": last_exit * step_s,
-        "tokens_per_s": tokens_done / max(last_exit * step_s, 1e-9),
-        "seconds": seconds, "kv_seconds": time.perf_counter() - t0 - seconds, "series": series,
-    }
+    return {"preemptions": preemptions, "waited": waited, "wait_steps": wait_steps,
+            "tokens_done": tokens_done, "last_exit": last_exit, "series": series}

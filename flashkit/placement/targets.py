@@ -8,7 +8,8 @@ on four disjoint choices of those hosts, then in a rolling update of six waves (
 LARS, and the last two without the balance term). llm: a
 generated trace on decode instances, the baselines and LAVA, then LAVA's prediction variants.
 scale: the sizes of the issue (100,000 VMs on 5,000 hosts; 1,000,000 requests on 64 instances), one
-policy each, with the machine's load average beside the time.
+policy each, with the machine's load average beside the time. ``--backend`` chooses the llm event
+loop (auto: compiled where it builds; each llm row records the one that ran).
 """
 from __future__ import annotations
 
@@ -91,16 +92,16 @@ def run_maint(n, seed):
     return rows
 
 
-def run_llm(n, rate, instances, seed):
+def run_llm(n, rate, instances, seed, backend="auto"):
     tr = generate_llm_trace(n, rate=rate, seed=seed)
-    kw = dict(n_instances=instances, kv_block_requests=5000)
+    kw = dict(n_instances=instances, kv_block_requests=5000, backend=backend)
     rows = [_row(simulate_llm(tr, p, **kw)) for p in ("first-fit", "best-fit", "lava")]
     rows += [_row(simulate_llm(tr, "lava", mode=m, noise=z, **kw))
              for m, z in (("one-shot", 0.0), ("oracle", 0.0), ("repredict", 1.0))]
     return rows
 
 
-def run_scale(which):
+def run_scale(which, backend="auto"):
     rows = []
     if which in ("vm", "both"):
         tr = generate_vm_trace(100_000, days=14.0, seed=0)
@@ -108,8 +109,8 @@ def run_scale(which):
                          case="100k VMs on 5,000 hosts"))
     if which in ("llm", "both"):
         tr = generate_llm_trace(1_000_000, rate=400.0, seed=0)
-        rows.append(_row(_timed(simulate_llm, tr, "lava", n_instances=64, kv_block_requests=0),
-                         case="1M requests on 64 instances"))
+        rows.append(_row(_timed(simulate_llm, tr, "lava", n_instances=64, kv_block_requests=0,
+                                backend=backend), case="1M requests on 64 instances"))
     return rows
 
 
@@ -121,6 +122,8 @@ def main(argv=None) -> int:
     p.add_argument("--instances", type=int, default=16, help="llm: instances (16)")
     p.add_argument("--scale", choices=["vm", "llm", "both"], default="both")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--backend", choices=["auto", "python", "ninja"], default="auto",
+                   help="llm, scale: the llm event loop (auto: compiled where it builds)")
     p.add_argument("--out", required=True, help="JSON file to write")
     a = p.parse_args(argv)
     t0 = time.perf_counter()
@@ -129,9 +132,9 @@ def main(argv=None) -> int:
     elif a.what == "maint":
         rows = run_maint(a.n or 100_000, a.seed)
     elif a.what == "llm":
-        rows = run_llm(a.n or 30_000, a.rate, a.instances, a.seed)
+        rows = run_llm(a.n or 30_000, a.rate, a.instances, a.seed, a.backend)
     else:
-        rows = run_scale(a.scale)
+        rows = run_scale(a.scale, a.backend)
     try:
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
                                 text=True, check=False).stdout.strip()

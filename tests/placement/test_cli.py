@@ -19,11 +19,17 @@ def test_vm_and_llm_end_to_end(tmp_path, capsys):
                 "migrations", "seconds", "drain_hours_mean"} <= set(r)
     assert main(["placement-trace", "--domain", "llm", "--n", "1500", "--rate", "30",
                  "--out", llm]) == 0
-    assert main(["placement-sim", "--trace", llm, "--domain", "llm", "--hosts", "4",
-                 "--policy", "lava", "--kv-block-requests", "200",
-                 "--json", str(tmp_path / "l.json")]) == 0
-    (r,) = json.loads((tmp_path / "l.json").read_text())
+    rows = []
+    for backend in ("python", "auto"):
+        assert main(["placement-sim", "--trace", llm, "--domain", "llm", "--hosts", "4",
+                     "--policy", "lava", "--kv-block-requests", "200", "--backend", backend,
+                     "--json", str(tmp_path / "l.json")]) == 0
+        (r,) = json.loads((tmp_path / "l.json").read_text())
+        rows.append(r)
     assert {"preemptions", "kv_fragmentation", "kv_empty_blocks_mean", "empty_hosts_mean"} <= set(r)
+    assert rows[0]["backend"] == "python"
+    assert rows[0]["preemptions"] == rows[1]["preemptions"]
+    assert rows[0]["empty_hosts_mean"] == rows[1]["empty_hosts_mean"]
     assert "lava (repredict" in capsys.readouterr().out
 
 
@@ -31,6 +37,8 @@ def test_vm_and_llm_end_to_end(tmp_path, capsys):
     (["--trace", "/nonexistent.sqlite", "--domain", "vm"], "no such file"),
     (["--trace", "{csv}", "--domain", "vm"], "not an sqlite"),
     (["--trace", "{csv}", "--domain", "llm", "--hosts", "0"], "n_instances"),
+    (["--trace", "{csv}", "--domain", "llm", "--hosts", "600", "--backend", "ninja"],
+     "up to 512 instances"),
 ])
 def test_bad_files_and_values_exit_2(tmp_path, capsys, argv, msg):
     csv = tmp_path / "t.csv"

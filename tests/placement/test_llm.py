@@ -48,13 +48,14 @@ def test_bad_header_and_oversized_request(tmp_path):
         simulate_llm(tr, "best-fit", kv_tokens=1000)
 
 
-def test_kv_growth_conserves_tokens_and_preempts():
+@pytest.mark.parametrize("backend", ["python", "auto"])
+def test_kv_growth_conserves_tokens_and_preempts(backend):
     # 4 instances with room for ~6 requests each at 2,000 tokens: KV fills and preempts
     tr = generate_llm_trace(3000, rate=200, seed=1)
     tr.context[:] = np.minimum(tr.context, 3000)
     for policy in ("best-fit", "lava"):
         r = simulate_llm(tr, policy, n_instances=4, kv_tokens=16_384, max_batch=64,
-                         kv_block_requests=300)
+                         kv_block_requests=300, backend=backend)
         assert r["preemptions"] > 0
         want = tr.generated.sum() / r["makespan_s"]
         assert r["tokens_per_s"] == pytest.approx(want)          # every request finished
