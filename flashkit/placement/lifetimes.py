@@ -229,10 +229,12 @@ class Predictor:
         if stat not in ("mean", "median"):
             raise ValueError(f"stat must be 'mean' or 'median', got {stat!r}")
         self.stat = stat
+        # one row per class, and a last one (the pooled curve) for classes the model never saw
+        curves = [model.curve(c) for c in range(model.n_classes + 1)]
         if stat == "mean":
-            rows = [model.curve(c).remaining(ages) for c in range(model.n_classes)]
+            rows = [c.remaining(ages) for c in curves]
         else:
-            rows = [model.curve(c).quantile_remaining(ages) for c in range(model.n_classes)]
+            rows = [c.quantile_remaining(ages) for c in curves]
         self.table = np.stack(rows)
         self.means = self.table[:, 0].copy()
         self.table_l, self.means_l = self.table.tolist(), self.means.tolist()
@@ -240,8 +242,12 @@ class Predictor:
 
     def bind(self, classes, starts, ends):
         """Fix the simulated items: class [n], arrival time [n], true end time [n] (for
-        'oracle'; np.inf where unknown). Draws each item's noise factor."""
-        self.cls = np.asarray(classes, np.int64)
+        'oracle'; np.inf where unknown). Draws each item's noise factor. A class the model
+        has no curve for (an LLM prompt longer than any of the fit window) is predicted from
+        the pooled curve, as :meth:`LifetimeModel.curve` does."""
+        cls = np.asarray(classes, np.int64)
+        k = self.model.n_classes
+        self.cls = np.where((cls >= 0) & (cls < k), cls, k)
         self.start = np.asarray(starts, np.float64)
         self.end = np.asarray(ends, np.float64)
         n = self.cls.size
@@ -297,7 +303,7 @@ class Predictor:
         """Every class's step curve in one sorted array: class c's knots shifted by c x a
         span longer than any age, S beyond a curve's last knot 0, so one searchsorted looks
         up S(age) for items of mixed classes (ages up to half the span, 1e6 time units)."""
-        curves = [self.model.curve(c) for c in range(self.model.n_classes)]
+        curves = [self.model.curve(c) for c in range(self.model.n_classes + 1)]
         span = max(1e6, 4.0 * max(float(c.knots[-1]) for c in curves))
         self._base = span * np.arange(len(curves), dtype=np.float64)
         self._knots = np.concatenate([c.knots + b for c, b in zip(curves, self._base)])

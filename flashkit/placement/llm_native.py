@@ -116,10 +116,6 @@ def run_llm_loop(trace, eng, pred, arrive, *, cap, max_batch, step_s, t_cut, hor
         raise ValueError("eng must be a fresh PlacementEngine that scans its hosts, built with "
                          "ordered=True")
     n = len(arrive)
-    if pred.mode != "oracle" and int(pred.cls.max()) >= pred.table.shape[0]:
-        j = int(np.argmax(pred.cls >= pred.table.shape[0]))
-        raise ValueError(f"trace line {j + 2}: its prompt-length class {int(pred.cls[j])} has no "
-                         f"lifetime curve (none in the fit window)")
     need1 = np.asarray(eng.need1)
     if need1.shape != (n,) or np.any(need1 != 1.0 / max_batch):
         raise ValueError("eng.need1 must be one batch slot (1 / max_batch) per request")

@@ -60,6 +60,15 @@ def test_model_classes_and_pooled_fallback():
     assert m.remaining(1, 2.0) == pytest.approx(10.0, rel=0.1)
     assert m.curve(2) is m.global_curve        # 3 samples < min_samples
     assert m.curve(99) is m.global_curve
+    # a Predictor predicts a class the model never saw (or a negative code) from that curve
+    for mode in ("repredict", "one-shot"):
+        p = Predictor(m, mode)
+        p.bind(np.array([0, 7, -1]), np.zeros(3), np.full(3, np.inf))
+        want = m.global_curve.remaining(4.0)
+        assert p.remaining(1, 0.0) == p.remaining(2, 0.0) == pytest.approx(m.global_curve.mean)
+        if mode == "repredict":
+            assert p.remaining(1, 4.0) == pytest.approx(want, rel=0.1)
+            assert list(p.remaining_many(np.array([1, 2]), 4.0)) == [p.remaining(1, 4.0)] * 2
 
 
 def test_predictor_modes_and_noise():

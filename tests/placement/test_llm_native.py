@@ -180,14 +180,18 @@ def test_loop_settings_are_checked(kw, match):
 
 
 @native
-def test_a_prompt_class_without_a_curve_is_refused():
+@pytest.mark.parametrize("mode", ["repredict", "one-shot"])
+def test_a_prompt_class_unseen_in_the_fit_window_uses_the_pooled_curve(mode):
     # the fit window (first half) has only short prompts: the second half's 8,000-token prompt
-    # has no lifetime curve (the Python loop fails on it with an IndexError)
+    # (class 12) has no curve of its own and is predicted from the pooled one, in both loops
     ctx = np.full(200, 100, np.int64)
     ctx[150] = 8000
     tr = LLMTrace(np.arange(200) * 0.1, ctx, np.full(200, 20, np.int64))
-    with pytest.raises(ValueError, match="trace line 152: its prompt-length class 12"):
-        simulate_llm(tr, "lava", n_instances=2, kv_block_requests=0, backend="ninja")
+    kw = dict(n_instances=2, kv_block_requests=0, mode=mode)
+    a = simulate_llm(tr, "lava", backend="ninja", **kw)
+    b = simulate_llm(tr, "lava", backend="python", **kw)
+    assert _metrics(a) == _metrics(b)
+    assert a["tokens_per_s"] > 0
 
 
 @native
