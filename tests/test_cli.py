@@ -53,4 +53,5 @@ def test_demo_end_to_end(tmp_path):
     assert proc.returncode == 0, "\n".join(failed) + proc.stderr[-3000:]
     assert "all checks passed" in proc.stdout
     assert "every cached answer equals its recompute" in proc.stdout  # the serving demo ran
+    assert "placement llm loop (ninja)" in proc.stdout  # the compiled placement loop ran
     assert "FAIL" not in proc.stdout
