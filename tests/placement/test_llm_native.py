@@ -204,7 +204,10 @@ def test_the_binding_guards_its_arrays():
               grid_per_doubling=4.0, grid_points=96, hosts=2, q=16, n_classes=14, r0=16.0,
               statics=np.zeros((14, 1, 15 * 17 * 17)), balance=0.0, by_id=1.0,
               uses_lifetime=True, key_is_id=False, cap=1000.0, max_batch=4, next_sample=0.0,
-              sample_dt=1.0, horizon=1.0, refresh_steps=256.0, probe=10.0, step_s=0.025)
+              sample_dt=1.0, horizon=1.0, refresh_steps=256.0, probe=10.0, step_s=0.025,
+              drain_t=np.inf, drain_len=0.0, drain_k=0, drain_offset=0, mig_rate=1.0,
+              mig_dt=1.0, rank=ints, just_in_time=False, knots=np.zeros(0), surv=np.zeros(0),
+              base=np.zeros(0), t_ref=np.zeros(0))
     with pytest.raises(ValueError, match="shape \\[n\\]"):
         llm_native._module.run(**kw)
     kw["cls"] = np.array([0, 5, 0])
@@ -215,4 +218,14 @@ def test_the_binding_guards_its_arrays():
         llm_native._module.run(**kw)
     kw["mult"], kw["statics"] = one, np.zeros((14, 2, 10))
     with pytest.raises(ValueError, match="statics"):
+        llm_native._module.run(**kw)
+    kw["statics"] = np.zeros((14, 1, 15 * 17 * 17))
+    kw.update(drain_t=0.5, drain_len=10.0, drain_k=1, rank=ints[:2])
+    with pytest.raises(ValueError, match="rank must have shape"):
+        llm_native._module.run(**kw)
+    kw.update(rank=ints, just_in_time=True)
+    with pytest.raises(ValueError, match="survival table"):
+        llm_native._module.run(**kw)
+    kw.update(just_in_time=False, mig_rate=0.0)
+    with pytest.raises(ValueError, match="mig_rate"):
         llm_native._module.run(**kw)
