@@ -62,6 +62,42 @@ def test_compiled_loop_matches_python(n, rate, hosts, kv, batch, policy, mode, n
     assert want["preemptions"] > 0 or want["empty_hosts_mean"] > 0
 
 
+# the same with an instance drain: (..., seed, drain_frac, drain_deadline_s, mig_per_s), the
+# drain starting at 0.2 of the measured window. Every case has failed migrations (no instance
+# with room: retried per slot, and at the deadline) and all but the last moves some at the
+# deadline; first-fit and lars on 40 instances also preempt requests off drained instances
+DRAIN_CASES = [
+    (2000, 200, 4, 16384, 64, "best-fit", "repredict", 0.0, 0.0, 1, 0.5, 3.0, 16.0),
+    (2000, 200, 4, 16384, 64, "lars", "repredict", 0.0, 1.0, 1, 0.5, 3.0, 16.0),
+    (2000, 60, 12, 32768, 64, "lars", "repredict", 1.0, 0.0, 2, 0.25, 5.0, 4.0),
+    (2000, 60, 12, 32768, 64, "lava", "one-shot", 0.5, 0.0, 3, 0.25, 5.0, 4.0),
+    (2000, 300, 7, 32768, 64, "nilas", "oracle", 0.5, 0.5, 3, 0.3, 2.0, 30.0),
+    (2000, 300, 7, 32768, 64, "lars", "oracle", 0.25, 0.0, 3, 0.3, 1.5, 10.0),
+    (2000, 100, 40, 32768, 32, "first-fit", "repredict", 0.0, 0.0, 4, 0.5, 5.0, 50.0),
+    (2000, 100, 40, 32768, 32, "lars", "one-shot", 0.0, 2.0, 5, 0.5, 5.0, 50.0),
+    # three instances, one drained: no failures, LARS waits and empties it at the deadline
+    (2000, 100, 3, 65536, 256, "lars", "repredict", 2.0, 0.0, 8, 0.34, 8.0, 2.0),
+]
+
+
+@native
+@pytest.mark.parametrize("n, rate, hosts, kv, batch, policy, mode, noise, balance, seed, frac, "
+                         "deadline, mig", DRAIN_CASES,
+                         ids=[f"{c[5]}-{c[6]}-{c[2]}hosts-drain{c[10]}" for c in DRAIN_CASES])
+def test_compiled_loop_matches_python_with_a_drain(n, rate, hosts, kv, batch, policy, mode, noise,
+                                                   balance, seed, frac, deadline, mig):
+    tr = generate_llm_trace(n, rate=rate, seed=seed)
+    kw = dict(n_instances=hosts, kv_tokens=kv, max_batch=batch, mode=mode, noise=noise,
+              balance=balance, kv_block_requests=0, seed=seed, drain_frac=frac, drain_at=0.2,
+              drain_deadline_s=deadline, mig_per_s=mig)
+    want = simulate_llm(tr, policy, backend="python", **kw)
+    assert _metrics(simulate_llm(tr, policy, backend="ninja", **kw)) == _metrics(want)
+    assert want["migrations"] > 0 and want["instances_drained"] >= 1
+    assert want["migrations_failed"] > 0 or want["drain_s_mean"] is not None
+    assert want["drain_requests"] >= (want["migrations"] + want["drain_exited"]
+                                      + want["drain_preempted"])
+
+
 def test_ordered_index_searches_the_lowest_ids():
     # 40 hosts with ids 100-139 in one cell: their set's table has 128 slots, so its order
     # wraps (128 first); the ordered index compares the 32 lowest fitting ids, whatever the set
