@@ -136,6 +136,12 @@ def test_compiled_loop_matches_python_on_random_settings(seed):
     policy = str(rng.choice(["first-fit", "best-fit", "nilas", "lava", "lars"]))
     tr = generate_llm_trace(int(rng.integers(300, 1500)),
                             rate=float(rng.uniform(0.5, 40) * hosts * batch / 64 + 1), seed=seed)
+    # and a drain in most: a deadline within the trace, slots from scarce to plenty
+    n = len(tr)
+    window = tr.arrival[-1] - tr.arrival[max(1, int(kw["fit_fraction"] * n)) - 1]
+    kw.update(drain_frac=float(rng.choice([0.0, 0.3, 0.6])), drain_at=0.3,
+              drain_deadline_s=float(window * rng.uniform(0.05, 0.65)),
+              mig_per_s=float(rng.choice([2.0, 16.0, 200.0])), drain_offset=int(rng.integers(3)))
     want = simulate_llm(tr, policy, backend="python", **kw)
     assert _metrics(simulate_llm(tr, policy, backend="ninja", **kw)) == _metrics(want)
 
