@@ -1,7 +1,8 @@
 // The llm-domain event loop of flashkit.placement (requests on decode instances, KV growing one
-// token per decode step, recompute preemption), in plain C++17: the loop of
-// flashkit/placement/llm_sim.py with the parts of engine.py (scan placement, release, refresh),
-// index.py (cells, lowest id per cell) and lifetimes.Predictor (remaining) that it calls.
+// token per decode step, recompute preemption, an instance drain with KV migrations), in plain
+// C++17: the loop of flashkit/placement/llm_sim.py with the parts of engine.py (scan placement,
+// assign, release, refresh, exclude), index.py (cells, lowest id per cell), lifetimes.Predictor
+// (remaining, alive_at) and policies.py (drain_next) that it calls.
 // templates/placement/llm_loop.cpp.j2 binds it; flashkit/placement/llm_native.py passes what does
 // not change during a run (the policy's cell scores, the predictor's table and noise factors).
 //
@@ -18,7 +19,8 @@
 //   - Python's round() is round-half-even: std::nearbyint in the default rounding mode.
 // Not reproduced bit for bit everywhere: the reference's reprediction pass takes classes from
 // numpy's log2, this one from the C library's (the same result unless a numpy build dispatches
-// log2 to its own AVX-512 code and a value falls within an ulp of a class boundary).
+// log2 to its own AVX-512 code and a value falls within an ulp of a class boundary); likewise
+// alive_at's Pareto branch, numpy's power against std::pow.
 #pragma once
 
 #include <algorithm>

@@ -3,10 +3,11 @@ bound by templates/placement/llm_loop.cpp.j2), built by flashkit's ninja JIT bac
 
 What it runs: the event loop of :func:`flashkit.placement.simulate_llm` (arrivals, departures,
 "KV full" preemptions, the hourly-style reprediction pass every ``refresh_steps``, the sampled
-series) with the engine's host scan, release and refresh and the predictor's ``remaining``.
-What stays in Python: everything fixed during a run, passed in as arrays (the policy's cell
-scores per lifetime class and tilt from ``Policy.cell_score``, the predictor's table, means,
-noise factors and classes, arrivals, contexts, generated tokens), and what is computed from the
+series, the instance drain and its migrations) with the engine's host scan, release and refresh
+and the predictor's ``remaining`` and ``alive_at``. What stays in Python: everything fixed
+during a run, passed in as arrays (the policy's cell scores per lifetime class and tilt from
+``Policy.cell_score``, the predictor's table, survival table, means, noise factors and classes,
+arrivals, contexts, generated tokens, the baselines' drain order), and what is computed from the
 loop's output (the metrics, the KV-block replay). The Python loop (llm_sim._python_loop) is the
 reference: tests/placement/test_llm_native.py runs both on random traces for every policy and
 predictor mode and asserts every metric and every sampled value equal.
