@@ -65,7 +65,8 @@ def _drain_args(trace, drain_frac, drain_at, drain_deadline_s, mig_per_s, drain_
     rate = mig_per_s * step_s                           # slots per decode step
     return dict(drain_t=t, drain_len=steps, drain_k=max(1, round(drain_frac * n_instances)),
                 drain_offset=drain_offset, mig_rate=rate, mig_dt=1.0 / rate,
-                rank=np.random.default_rng(seed).permutation(n))
+                # a stream of its own: the predictor's noise factors come from default_rng(seed)
+                rank=np.random.default_rng([seed, 1]).permutation(n))
 
 
 def simulate_llm(trace: LLMTrace, policy: str, *, n_instances: int = 64,
@@ -87,15 +88,15 @@ def simulate_llm(trace: LLMTrace, policy: str, *, n_instances: int = 64,
     scans, else the Python loop (a missing toolchain is logged once).
 
     Drain (off unless ``drain_frac`` > 0): at ``drain_at`` of the measured window (after the
-    fit window), ``drain_frac`` x the instances (busy ones, every ``busy // k``-th from the
-    ``drain_offset``-th: disjoint choices for offsets below the stride) stop admitting, for a
-    weight update, maintenance or scale-down. Their requests finish there or migrate (a KV
-    transfer: context and generated tokens move, the target is the policy's placement of an
-    admission needing that whole KV, retried in the next slot where none has room) in one
-    migration slot every ``1 / mig_per_s`` s, as the policy's ``drain_next`` says (baselines:
-    a random order from the first slot; LARS: just in time, the request likeliest to be still
-    decoding at the deadline first); what is left ``drain_deadline_s`` after the start
-    migrates then, and the instances return to service.
+    fit window), ``drain_frac`` x the instances (at least one; busy ones, every
+    ``busy // k``-th from the ``drain_offset``-th: disjoint choices for offsets below the stride) stop
+    admitting, for a weight update, maintenance or scale-down. Their requests finish there or
+    migrate (a KV transfer: context and generated tokens move, the target is the policy's
+    placement of an admission needing that whole KV, retried in the next slot where none has
+    room) in one migration slot every ``1 / mig_per_s`` s, as the policy's ``drain_next`` says
+    (baselines: a random order from the first slot; LARS: just in time, the request likeliest
+    to be still decoding at the deadline first); what is left ``drain_deadline_s`` after the
+    start migrates then, and the instances return to service.
 
     Keys: policy, mode, noise, balance, hosts, requests, backend (the loop that ran),
     preemptions, empty_hosts_mean (fraction of
