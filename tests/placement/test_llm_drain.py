@@ -35,6 +35,8 @@ def test_baselines_move_both_from_the_first_slots(policy, backend):
     assert (r["instances_drained"], r["drain_requests"]) == (1, 2)
     assert (r["migrations"], r["drain_exited"], r["migrations_at_deadline"]) == (2, 0, 0)
     assert r["drain_s_mean"] == 4.0 and r["migrations_failed"] == 0
+    # B decodes on where it was: 200 tokens from 11, migrated or not, the last exit at 211
+    assert r["makespan_s"] == 211.0
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -44,6 +46,7 @@ def test_lars_waits_for_the_short_one_and_moves_the_long_one_last(backend):
     r = simulate_llm(_two_on_one(), "lars", backend=backend, max_batch=8, **_DRAIN)
     assert (r["migrations"], r["drain_exited"], r["migrations_at_deadline"]) == (1, 1, 0)
     assert r["drain_s_mean"] == 20.0 and r["migrations_failed"] == 0
+    assert r["makespan_s"] == 211.0
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -79,16 +82,17 @@ def test_no_drain_by_default():
     assert r["drain_s_mean"] is None and MIG_PER_S == 16.0
 
 
-def test_a_migrated_request_keeps_its_tokens():
-    # every request finishes and its tokens count once, whatever moved: the drained run's
-    # tokens equal the undrained run's, migrations or not
+@pytest.mark.parametrize("policy", ["best-fit", "lars"])
+def test_every_drained_request_finishes_once(policy):
+    # every request finishes and its tokens count once, whatever moved; the drained requests
+    # are accounted for: moved, finished there, preempted off, or still there at the end
     tr = generate_llm_trace(1500, rate=60, seed=3)
-    kw = dict(n_instances=8, kv_block_requests=0, backend="python")
-    base = simulate_llm(tr, "best-fit", **kw)
-    r = simulate_llm(tr, "best-fit", drain_frac=0.25, drain_deadline_s=5.0, **kw)
+    r = simulate_llm(tr, policy, n_instances=8, kv_block_requests=0, backend="python",
+                     drain_frac=0.25, drain_deadline_s=5.0)
     assert r["migrations"] > 0 and r["instances_drained"] == 2
-    assert r["tokens_per_s"] * r["makespan_s"] == pytest.approx(
-        base["tokens_per_s"] * base["makespan_s"], rel=1e-12)
+    assert r["tokens_per_s"] * r["makespan_s"] == pytest.approx(tr.generated.sum(), rel=1e-12)
+    moved = r["migrations"] + r["drain_exited"] + r["drain_preempted"]
+    assert moved == r["drain_requests"] and r["drain_s_mean"] is not None
 
 
 @pytest.mark.parametrize("kw, match", [
