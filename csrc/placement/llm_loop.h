@@ -275,3 +275,4 @@ class LLMLoop {
 }  // namespace flashkit
 
 #include "placement/llm_loop_impl.h"
+#include "placement/llm_drain_impl.h"
