@@ -1,7 +1,8 @@
 // The llm-domain event loop of flashkit.placement (requests on decode instances, KV growing one
-// token per decode step, recompute preemption), in plain C++17: the loop of
-// flashkit/placement/llm_sim.py with the parts of engine.py (scan placement, release, refresh),
-// index.py (cells, lowest id per cell) and lifetimes.Predictor (remaining) that it calls.
+// token per decode step, recompute preemption, an instance drain with KV migrations), in plain
+// C++17: the loop of flashkit/placement/llm_sim.py with the parts of engine.py (scan placement,
+// assign, release, refresh, exclude), index.py (cells, lowest id per cell), lifetimes.Predictor
+// (remaining, alive_at) and policies.py (drain_next) that it calls.
 // templates/placement/llm_loop.cpp.j2 binds it; flashkit/placement/llm_native.py passes what does
 // not change during a run (the policy's cell scores, the predictor's table and noise factors).
 //
@@ -18,15 +19,18 @@
 //   - Python's round() is round-half-even: std::nearbyint in the default rounding mode.
 // Not reproduced bit for bit everywhere: the reference's reprediction pass takes classes from
 // numpy's log2, this one from the C library's (the same result unless a numpy build dispatches
-// log2 to its own AVX-512 code and a value falls within an ulp of a class boundary).
+// log2 to its own AVX-512 code and a value falls within an ulp of a class boundary); likewise
+// alive_at's Pareto branch, numpy's power against std::pow.
 #pragma once
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <deque>
 #include <functional>
 #include <limits>
 #include <queue>
+#include <set>
 #include <stdexcept>
 #include <vector>
 
@@ -63,12 +67,27 @@ struct LLMLoopArgs {
   int64_t max_batch = 1;
   double next_sample = 0.0, sample_dt = 1.0, horizon = 0.0, refresh_steps = 256.0;
   double probe = 0.0, step_s = 0.025;
+  // the drain (llm_sim._drain_args; drain_t inf: none), in decode steps
+  double drain_t = kInf, drain_len = 0.0, mig_rate = 1.0, mig_dt = 1.0;
+  int64_t drain_k = 0, drain_offset = 0;
+  const int64_t* rank = nullptr;    // [n] the baselines' drain order
+  bool just_in_time = false;        // LARS's drain_next, else the baselines'
+  // Predictor._survival_table, for alive_at in the repredict mode (LARS's drain)
+  const double* knots = nullptr;    // [n_knots] every class's knots, class c's shifted by base[c]
+  const double* surv = nullptr;     // [n_knots] S on [knots[k], knots[k + 1])
+  int64_t n_knots = 0;
+  const double* base = nullptr;     // [n_curves]
+  const double* t_ref = nullptr;    // [n_curves] where a class curve turns sparse
+  int64_t n_curves = 0;
 };
 
 struct LLMLoopResult {
   int64_t preemptions = 0, waited = 0, tokens_done = 0;
   double wait_steps = 0.0, last_exit = 0.0;
   std::vector<double> t_s, empty_frac, stranded_kv, stranded_slots;
+  int64_t migrations = 0, migrations_failed = 0, migrations_at_deadline = 0;
+  int64_t drain_requests = 0, drain_exited = 0, drain_preempted = 0;
+  std::vector<double> drain_empty;  // per drained instance: steps from the start to empty, -1
 };
 
 class LLMLoop {
@@ -81,7 +100,7 @@ class LLMLoop {
         item_pos_(a.n, 0), used_(H_, 0.0), t_upd_(H_, 0.0), full_at_(H_, kInf), active_(H_, 0),
         newest_(H_), free0_(H_, 1.0), free1_(H_, 1.0), exit_(H_, 0.0), anchor_(H_, -1),
         host_cls_(H_, a.n_classes), items_(H_), cell_of_(H_, -1), b0_(H_, a.q), b1_(H_, a.q),
-        count_(cells_, 0),
+        count_(cells_, 0), excluded_(H_, 0), draining_(H_, 0), empty_after_(H_, -1.0),
         cell_min_(cells_, kInf), bits_(cells_ * words_, 0), s_(H_, kInf),
         r_top_(std::ldexp(a.r0, static_cast<int>(a.n_classes - 2))) {
     for (int64_t h = 0; h < H_; ++h) put(h, cell(a.n_classes, 1.0, 1.0));
@@ -159,9 +178,11 @@ class LLMLoop {
         cell_min_[old] = m < 0 ? kInf : static_cast<double>(m);
       }
     }
-    bits_[c * words_ + h / 64] |= bit;
-    ++count_[c];
-    if (static_cast<double>(h) < cell_min_[c]) cell_min_[c] = static_cast<double>(h);
+    if (c >= 0) {  // -1: out of the index (draining)
+      bits_[c * words_ + h / 64] |= bit;
+      ++count_[c];
+      if (static_cast<double>(h) < cell_min_[c]) cell_min_[c] = static_cast<double>(h);
+    }
     cell_of_[h] = c;
   }
 
@@ -170,6 +191,7 @@ class LLMLoop {
   // (cell / w % w, cell % w; 1.35 vs 1.24 s for the 1M-request loop, mean of two alternating
   // runs each on the shared 2-core machine, where one run varies by 30 %).
   void reindex(int64_t h, double now) {
+    if (excluded_[h]) return;
     int64_t c = a_.n_classes;
     if (!items_[h].empty()) c = a_.uses_lifetime ? life_class(exit_[h] - now) : 0;
     host_cls_[h] = c;
@@ -190,6 +212,18 @@ class LLMLoop {
 
   int64_t pick_scan(double n0, double n1, const double* st, int64_t nb0, int64_t nb1);
   int64_t place(int64_t j, double now, double r);
+  void assign(int64_t j, int64_t h, double now, double r);
+  int64_t place_on(int64_t j, int64_t c, double now, double r);
+  void settle(int64_t j, int64_t h, double now);
+  bool migrate(int64_t j, double now);
+  void drained_left(int64_t j, int64_t h, double now) {
+    pending_.erase(j);
+    if (active_[h] == 0 && empty_after_[h] < 0) empty_after_[h] = now - drain_start_;
+  }
+  double alive_at(int64_t j, double now, double until) const;
+  int64_t drain_next(double now, double slots);
+  void drain_start(double now);
+  void drain_deadline(double now);
   void release(int64_t j, double now);
   void refresh(double now);
   void sync(int64_t h, double now) {
@@ -219,6 +253,13 @@ class LLMLoop {
   std::vector<int64_t> anchor_, host_cls_;
   std::vector<std::vector<int64_t>> items_;   // unordered: only max() and emptiness are read
   std::vector<int64_t> cell_of_, b0_, b1_, count_;
+  std::vector<char> excluded_, draining_;     // out of the index; being drained now
+  std::vector<double> empty_after_;           // steps from the drain start to empty (-1: not)
+  std::vector<int64_t> wave_;                 // the drained instances
+  std::set<int64_t> pending_;                 // requests still on them, ascending
+  std::vector<int64_t> dqueue_;               // the baselines' drain order
+  size_t dhead_ = 0;                          // its next entry
+  double drain_start_ = 0.0, deadline_ = kInf, next_mig_ = kInf;
   std::vector<double> cell_min_;
   std::vector<uint64_t> bits_;                // members of each cell, ascending by host id
   std::vector<double> s_;                     // scan scores, one per host
@@ -234,3 +275,4 @@ class LLMLoop {
 }  // namespace flashkit
 
 #include "placement/llm_loop_impl.h"
+#include "placement/llm_drain_impl.h"

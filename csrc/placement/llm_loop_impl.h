@@ -15,6 +15,10 @@ inline int64_t LLMLoop::pick_scan(double n0, double n1, const double* st, int64_
   for (int64_t h = 0; h < H_; ++h) {
     const int64_t c = cell_of_[h];
     double s = kInf;
+    if (c < 0) {  // out of the index: the reference's extra +inf entry
+      s_[h] = s;
+      continue;
+    }
     if (b0_[h] >= nb0 && b1_[h] >= nb1) {  // the cell's buckets, (c / w) % w and c % w
       s = st[c] * 8192.0 + static_cast<double>(c);
     }
@@ -64,15 +68,20 @@ inline int64_t LLMLoop::place(int64_t j, double now, double r) {
   const double* st = a_.statics + (c * a_.n_tilt + tilt) * cells_;
   const int64_t h = pick_scan(n0, n1, st, nb0, nb1);
   if (h < 0) return -1;
+  assign(j, h, now, r);
+  return h;
+}
+
+// PlacementEngine.assign (no capacity check: place() found the room, migrate() restores)
+inline void LLMLoop::assign(int64_t j, int64_t h, double now, double r) {
   std::vector<int64_t>& its = items_[h];
   if (its.empty()) exit_[h] = now;
-  free0_[h] -= n0;
-  free1_[h] -= n1;
+  free0_[h] -= need0_[j];
+  free1_[h] -= a_.slot;
   item_pos_[j] = static_cast<int64_t>(its.size());
   its.push_back(j);
   item_host_[j] = h;
   if (now + r >= exit_[h]) exit_[h] = now + r, anchor_[h] = j;
-  return h;
 }
 
 // PlacementEngine.release. Its free-capacity update is left out: in this loop publish() always
@@ -146,42 +155,53 @@ inline void LLMLoop::publish(int64_t h, double now) {
   reindex(h, now);
 }
 
+// llm_sim.place: the instance request j (c tokens of KV) is placed on, or -1 where none has room
+inline int64_t LLMLoop::place_on(int64_t j, int64_t c, double now, double r) {
+  int64_t failed = -1;
+  while (true) {
+    const int64_t h = place(j, now, r);
+    if (h < 0) return -1;
+    sync(h, now);
+    if (used_[h] + static_cast<double>(c) + 1 <= a_.cap && active_[h] < a_.max_batch) return h;
+    release(j, now);  // the index was stale: KV grew
+    publish(h, now);
+    if (h == failed) {  // exact already: a prediction under one token asked for too little
+      const double one = static_cast<double>(c + 1) / a_.cap;
+      if (need0_[j] >= one) return -1;
+      need0_[j] = one < 1.0 ? one : 1.0;
+    }
+    failed = h;
+  }
+}
+
+// llm_sim.settle: request j starts (or goes on) decoding on h, placed there already
+inline void LLMLoop::settle(int64_t j, int64_t h, double now) {
+  const int64_t rem = a_.gen0[j] - done_[j];
+  used_[h] += static_cast<double>(ctx_[j]);
+  ++active_[h];
+  admitted_at_[j] = now;
+  end_[j] = now + static_cast<double>(rem);  // the oracle knows the delay too
+  newest_[h].push_back(j);
+  ++dep_ver_[j];
+  deps_.push({now + static_cast<double>(rem), j, dep_ver_[j]});
+  publish(h, now);
+}
+
 // llm_sim.admit: the queue head while it fits somewhere (the index may be stale: KV grew)
 inline void LLMLoop::admit(double now) {
   const bool lifetime_aware = a_.uses_lifetime;
   while (!queue_.empty()) {
     const int64_t j = queue_.front();
-    const int64_t rem = a_.gen0[j] - done_[j];
     const double r = remaining(j, now);
     const double x = lifetime_aware ? (static_cast<double>(ctx_[j]) + r) / a_.cap
                                     : static_cast<double>(ctx_[j] + 1) / a_.cap;
     need0_[j] = x < 1.0 ? x : 1.0;
-    int64_t h = -1, failed = -1;
-    while (true) {
-      h = place(j, now, r);
-      if (h < 0) return;
-      sync(h, now);
-      if (used_[h] + static_cast<double>(ctx_[j]) + 1 <= a_.cap && active_[h] < a_.max_batch) break;
-      release(j, now);
-      publish(h, now);
-      if (h == failed) {  // exact already: a prediction under one token asked for too little
-        const double one = static_cast<double>(ctx_[j] + 1) / a_.cap;
-        if (need0_[j] >= one) return;
-        need0_[j] = one < 1.0 ? one : 1.0;
-      }
-      failed = h;
-    }
+    const int64_t h = place_on(j, ctx_[j], now, r);
+    if (h < 0) return;
     queue_.pop_front();
     res_.wait_steps += now - queued_at_[j];
     ++res_.waited;
-    used_[h] += static_cast<double>(ctx_[j]);
-    ++active_[h];
-    admitted_at_[j] = now;
-    end_[j] = now + static_cast<double>(rem);  // the oracle knows the delay too
-    newest_[h].push_back(j);
-    ++dep_ver_[j];
-    deps_.push({now + static_cast<double>(rem), j, dep_ver_[j]});
-    publish(h, now);
+    settle(j, h, now);
   }
 }
 
@@ -205,7 +225,7 @@ inline void LLMLoop::sample(double now) {
 
 inline LLMLoopResult LLMLoop::run() {
   int64_t i = 0, completed = 0;
-  double next_sample = a_.next_sample, next_refresh = a_.refresh_steps;
+  double next_sample = a_.next_sample, next_refresh = a_.refresh_steps, drain_t = a_.drain_t;
   while (true) {
     const double t_arr = i < a_.n ? a_.arrive[i] : kInf;
     const double t_dep = deps_.empty() ? kInf : deps_.top().t;
@@ -218,7 +238,10 @@ inline LLMLoopResult LLMLoop::run() {
     const int64_t x_full = full_h_;
     const double t_full = full_t_;
     const double t_ev = t_dep < t_full ? t_dep : t_full;
-    const double t_nx = next_sample < next_refresh ? next_sample : next_refresh;
+    double t_nx = next_sample < next_refresh ? next_sample : next_refresh;
+    if (drain_t < t_nx) t_nx = drain_t;
+    if (next_mig_ < t_nx) t_nx = next_mig_;
+    if (deadline_ < t_nx) t_nx = deadline_;
     double now = t_arr < t_ev ? t_arr : t_ev;
     if (t_nx < now) now = t_nx;
     if (completed == a_.n || now == kInf) break;
@@ -233,6 +256,10 @@ inline LLMLoopResult LLMLoop::run() {
         ++completed;
         res_.last_exit = now;
         publish(h, now);
+        if (draining_[h]) {
+          ++res_.drain_exited;
+          drained_left(d.j, h, now);
+        }
         admit(now);
       } else {  // instance x_full's KV is full: preempt its newest request
         std::vector<int64_t>& stack = newest_[x_full];
@@ -249,6 +276,10 @@ inline LLMLoopResult LLMLoop::run() {
         queued_at_[j] = now;
         queue_.push_front(j);
         publish(x_full, now);
+        if (draining_[x_full]) {
+          ++res_.drain_preempted;
+          drained_left(j, x_full, now);
+        }
         admit(now);
       }
     } else if (now == t_arr) {
@@ -259,11 +290,22 @@ inline LLMLoopResult LLMLoop::run() {
     } else if (now == next_refresh) {
       refresh(now);
       next_refresh += a_.refresh_steps;
+    } else if (now == drain_t) {
+      drain_t = kInf;
+      drain_start(now);
+    } else if (now == next_mig_) {
+      const double slots = std::floor((deadline_ - now) * a_.mig_rate + 1e-9);
+      const int64_t j = drain_next(now, slots);
+      if (j >= 0 && migrate(j, now) && !a_.just_in_time) ++dhead_;
+      next_mig_ = pending_.empty() ? kInf : now + a_.mig_dt;
+    } else if (now == deadline_) {
+      drain_deadline(now);
     } else {
       if (now <= a_.horizon) sample(now);
       next_sample = now <= a_.horizon ? next_sample + a_.sample_dt : kInf;
     }
   }
+  for (int64_t h : wave_) res_.drain_empty.push_back(empty_after_[h]);
   return res_;
 }
 

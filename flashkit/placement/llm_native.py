@@ -3,10 +3,11 @@ bound by templates/placement/llm_loop.cpp.j2), built by flashkit's ninja JIT bac
 
 What it runs: the event loop of :func:`flashkit.placement.simulate_llm` (arrivals, departures,
 "KV full" preemptions, the hourly-style reprediction pass every ``refresh_steps``, the sampled
-series) with the engine's host scan, release and refresh and the predictor's ``remaining``.
-What stays in Python: everything fixed during a run, passed in as arrays (the policy's cell
-scores per lifetime class and tilt from ``Policy.cell_score``, the predictor's table, means,
-noise factors and classes, arrivals, contexts, generated tokens), and what is computed from the
+series, the instance drain and its migrations) with the engine's host scan, release and refresh
+and the predictor's ``remaining`` and ``alive_at``. What stays in Python: everything fixed
+during a run, passed in as arrays (the policy's cell scores per lifetime class and tilt from
+``Policy.cell_score``, the predictor's table, survival table, means, noise factors and classes,
+arrivals, contexts, generated tokens, the baselines' drain order), and what is computed from the
 loop's output (the metrics, the KV-block replay). The Python loop (llm_sim._python_loop) is the
 reference: tests/placement/test_llm_native.py runs both on random traces for every policy and
 predictor mode and asserts every metric and every sampled value equal.
@@ -25,7 +26,7 @@ import numpy as np
 from flashkit import jit
 
 from .lifetimes import _GRID_PER_DOUBLING, _GRID_POINTS
-from .policies import FirstFit
+from .policies import LARS, FirstFit
 
 __all__ = ["BACKENDS", "llm_loop_spec", "shipped_specs", "native_available", "resolve_backend",
            "run_llm_loop"]
@@ -105,10 +106,13 @@ def _cell_scores(eng) -> np.ndarray:
 
 
 def run_llm_loop(trace, eng, pred, arrive, *, cap, max_batch, step_s, t_cut, horizon, sample_dt,
-                 refresh_steps, probe) -> dict:
+                 refresh_steps, probe, drain_t, drain_len, drain_k, drain_offset, mig_rate, mig_dt,
+                 rank) -> dict:
     """llm_sim._python_loop in compiled code: the same arguments, the same dict (counters and
     the series as lists). ``eng``: a fresh engine (nothing placed) that scans its hosts;
-    ``pred``: bound to the requests (its arrays are read, not written)."""
+    ``pred``: bound to the requests (its arrays are read, not written). The drain's order is
+    the policy's ``drain_next``: LARS's just-in-time one (``alive_at`` from the predictor's
+    survival table, passed in), else the baselines' (``rank``, drawn in Python)."""
     ok, why = native_available()
     if not ok:
         raise jit.BackendUnavailableError(f"the compiled llm loop does not run here: {why}")
@@ -119,6 +123,13 @@ def run_llm_loop(trace, eng, pred, arrive, *, cap, max_batch, step_s, t_cut, hor
     need1 = np.asarray(eng.need1)
     if need1.shape != (n,) or np.any(need1 != 1.0 / max_batch):
         raise ValueError("eng.need1 must be one batch slot (1 / max_batch) per request")
+    jit_drain = isinstance(eng.policy, LARS)
+    empty = np.zeros(0)
+    knots = surv = base = t_ref = empty
+    if drain_t < np.inf and jit_drain and pred.mode == "repredict":
+        if not hasattr(pred, "_knots"):
+            pred._survival_table()
+        knots, surv, base, t_ref = pred._knots, pred._s, pred._base, pred._t_ref
     r = _module.run(
         arrive=np.asarray(arrive, np.float64), ctx0=trace.context, gen0=trace.generated,
         cls=pred.cls, mult=pred.mult, start=pred.start, end=pred.end, mode=_MODES[pred.mode],
@@ -128,9 +139,15 @@ def run_llm_loop(trace, eng, pred, arrive, *, cap, max_batch, step_s, t_cut, hor
         statics=_cell_scores(eng), balance=eng.policy.balance, by_id=eng.policy.by_id,
         uses_lifetime=eng.policy.uses_lifetime, key_is_id=isinstance(eng.policy, FirstFit),
         cap=cap, max_batch=max_batch, next_sample=t_cut, sample_dt=sample_dt, horizon=horizon,
-        refresh_steps=refresh_steps, probe=probe, step_s=step_s)
-    preemptions, waited, wait_steps, tokens_done, last_exit, *series = r
+        refresh_steps=refresh_steps, probe=probe, step_s=step_s, drain_t=drain_t,
+        drain_len=drain_len, drain_k=drain_k, drain_offset=drain_offset, mig_rate=mig_rate,
+        mig_dt=mig_dt, rank=np.zeros(n, np.int64) if rank is None else rank,
+        just_in_time=jit_drain, knots=knots, surv=surv, base=base, t_ref=t_ref)
+    preemptions, waited, wait_steps, tokens_done, last_exit, *drain, drain_empty = r[:12]
     keys = ("t_s", "empty_frac", "stranded_kv", "stranded_slots")
+    mig = ("migrations", "migrations_failed", "migrations_at_deadline", "drain_requests",
+           "drain_exited", "drain_preempted")
     return {"preemptions": preemptions, "waited": waited, "wait_steps": wait_steps,
             "tokens_done": tokens_done, "last_exit": last_exit,
-            "series": {k: s.tolist() for k, s in zip(keys, series)}}
+            "series": {k: s.tolist() for k, s in zip(keys, r[12:])}, **dict(zip(mig, drain)),
+            "drain_empty": drain_empty.tolist()}

@@ -24,16 +24,58 @@ from .engine import PlacementEngine
 from .kv_blocks import simulate_kv_blocks
 from .lifetimes import LifetimeModel, Predictor
 from .llm_trace import LLMTrace
-from .policies import make_policy
+from .policies import LARS, make_policy
 
-__all__ = ["simulate_llm"]
+__all__ = ["simulate_llm", "MIG_PER_S"]
+
+# Migration slots per second, the KV-transfer rate of one drain: a 7B-class model with full
+# multi-head attention (Llama-2-7B: 32 layers x K and V x 4,096 x 2 bytes) holds 512 KiB of KV
+# per token; a request in flight on the generated traces holds ~1,550 tokens (context plus half
+# its generation, weighted by how long it runs), so ~0.81 GB; over one 100 Gb/s link (12.5 GB/s)
+# that is 65 ms, 15.4 transfers a second: 16.
+MIG_PER_S = 16.0
+
+
+def _drain_args(trace, drain_frac, drain_at, drain_deadline_s, mig_per_s, drain_offset,
+                n_instances, step_s, fit_fraction, seed) -> dict:
+    """The drain scenario as the loops read it, in decode steps (drain_t inf: no drain), and
+    ``rank``: a random permutation of all requests drawn before the run, the baselines' drain
+    order (restricted to the drained requests, a uniformly random order of them), fixed
+    before the loop so that the compiled loop reads the same one."""
+    for name, v in (("drain_frac", drain_frac), ("drain_at", drain_at)):
+        if not (isinstance(v, (int, float)) and 0 <= v < 1):
+            raise ValueError(f"{name} must be a number in [0, 1), got {v!r}")
+    for name, v in (("drain_deadline_s", drain_deadline_s), ("mig_per_s", mig_per_s)):
+        if not (isinstance(v, (int, float)) and 0 < v < math.inf):
+            raise ValueError(f"{name} must be a finite number > 0, got {v!r}")
+    if not isinstance(drain_offset, int) or drain_offset < 0:
+        raise ValueError(f"drain_offset must be an int >= 0, got {drain_offset!r}")
+    off = dict(drain_t=math.inf, drain_len=0.0, drain_k=0, drain_offset=0, mig_rate=1.0,
+               mig_dt=1.0, rank=None)
+    if drain_frac == 0:
+        return off
+    n = len(trace)
+    arrive = trace.arrival / step_s
+    t_cut, horizon = float(arrive[max(1, int(fit_fraction * n)) - 1]), float(arrive[-1])
+    t = t_cut + (horizon - t_cut) * drain_at
+    steps = drain_deadline_s / step_s
+    if t + steps > horizon:
+        raise ValueError(f"drain_deadline_s {drain_deadline_s} runs past the trace: the drain "
+                         f"starts at {t * step_s:.1f} s of {horizon * step_s:.1f} s")
+    rate = mig_per_s * step_s                           # slots per decode step
+    return dict(drain_t=t, drain_len=steps, drain_k=max(1, round(drain_frac * n_instances)),
+                drain_offset=drain_offset, mig_rate=rate, mig_dt=1.0 / rate,
+                # a stream of its own: the predictor's noise factors come from default_rng(seed)
+                rank=np.random.default_rng([seed, 1]).permutation(n))
 
 
 def simulate_llm(trace: LLMTrace, policy: str, *, n_instances: int = 64,
                  kv_tokens: int = 131_072, max_batch: int = 256, step_s: float = 0.025,
                  mode: str = "repredict", noise: float = 0.0, fit_fraction: float = 0.5,
                  samples: int = 400, refresh_steps: float = 256.0, kv_block_requests: int = 5000,
-                 balance: float = 0.0, seed: int = 0, backend: str = "auto") -> dict:
+                 balance: float = 0.0, seed: int = 0, backend: str = "auto",
+                 drain_frac: float = 0.0, drain_at: float = 0.5, drain_deadline_s: float = 30.0,
+                 mig_per_s: float = MIG_PER_S, drain_offset: int = 0) -> dict:
     """Replay ``trace`` under ``policy`` on ``n_instances``; returns the metrics as a dict.
 
     ``balance`` is the policy's weight of the leftover-balance term (policies.py), 0 here
@@ -45,6 +87,17 @@ def simulate_llm(trace: LLMTrace, policy: str, *, n_instances: int = 64,
     host scan), ``"auto"`` the compiled loop where it builds and loads here and the engine
     scans, else the Python loop (a missing toolchain is logged once).
 
+    Drain (off unless ``drain_frac`` > 0): at ``drain_at`` of the measured window (after the
+    fit window), ``drain_frac`` x the instances (at least one; busy ones, every
+    ``busy // k``-th from the ``drain_offset``-th: disjoint choices for offsets below the stride) stop
+    admitting, for a weight update, maintenance or scale-down. Their requests finish there or
+    migrate (a KV transfer: context and generated tokens move, the target is the policy's
+    placement of an admission needing that whole KV, retried in the next slot where none has
+    room) in one migration slot every ``1 / mig_per_s`` s, as the policy's ``drain_next`` says
+    (baselines: a random order from the first slot; LARS: just in time, the request likeliest
+    to be still decoding at the deadline first); what is left ``drain_deadline_s`` after the
+    start migrates then, and the instances return to service.
+
     Keys: policy, mode, noise, balance, hosts, requests, backend (the loop that ran),
     preemptions, empty_hosts_mean (fraction of
     instances with no request, sampled after the fit window), stranded_mem_frac (free KV on
@@ -54,7 +107,12 @@ def simulate_llm(trace: LLMTrace, policy: str, *, n_instances: int = 64,
     instance's fair share (every ``n_instances``-th request, the first ``kv_block_requests``
     of them) replayed page by page (16-token pages, 16-page blocks; the lifetime-aware
     allocator for lifetime-aware policies, else the free list): kv_empty_blocks_mean,
-    kv_fragmentation, kv_preemptions.
+    kv_fragmentation, kv_preemptions; the drain's migrations (slots and deadline; failed
+    attempts in migrations_failed, those at the deadline also in migrations_at_deadline),
+    instances_drained, drain_requests (on the drained instances at the start), drain_exited
+    (finished before being moved), drain_preempted (preempted off a drained instance: they
+    re-enter the queue), drain_s_mean (from the start until each drained instance is empty;
+    None if none emptied).
     """
     if not isinstance(trace, LLMTrace):
         raise TypeError(f"trace must be an LLMTrace, got {type(trace).__name__}")
@@ -66,6 +124,8 @@ def simulate_llm(trace: LLMTrace, policy: str, *, n_instances: int = 64,
         raise ValueError("fit_fraction must be in (0, 1) and step_s > 0")
     if not (isinstance(refresh_steps, (int, float)) and 0 < refresh_steps < math.inf):
         raise ValueError(f"refresh_steps must be a finite number > 0, got {refresh_steps!r}")
+    drain = _drain_args(trace, drain_frac, drain_at, drain_deadline_s, mig_per_s, drain_offset,
+                        n_instances, step_s, fit_fraction, seed)
     if backend not in llm_native.BACKENDS:
         raise ValueError(f"backend must be one of {llm_native.BACKENDS}, got {backend!r}")
     big = np.flatnonzero(trace.context + trace.generated > kv_tokens)
@@ -92,7 +152,7 @@ def simulate_llm(trace: LLMTrace, policy: str, *, n_instances: int = 64,
     t_cut, horizon = arrive[cut_i - 1], arrive[-1]
     consts = dict(max_batch=max_batch, step_s=step_s, t_cut=t_cut, horizon=horizon,
                   sample_dt=max((horizon - t_cut) / samples, 1e-9), refresh_steps=refresh_steps,
-                  probe=float(np.median(trace.context)))
+                  probe=float(np.median(trace.context)), **drain)
     if backend == "ninja":
         out = llm_native.run_llm_loop(trace, eng, pred, arrive, cap=float(kv_tokens), **consts)
     else:
@@ -111,6 +171,7 @@ def simulate_llm(trace: LLMTrace, policy: str, *, n_instances: int = 64,
                                 num_pages=kv_tokens // 256 * 16, max_batch=max_batch)
     series = out["series"]
     last_exit = out["last_exit"]
+    done_s = [t for t in out["drain_empty"] if t >= 0]
     return {
         "policy": policy, "mode": mode, "noise": noise, "balance": pol.balance,
         "hosts": n_instances, "requests": n, "backend": backend,
@@ -119,7 +180,11 @@ def simulate_llm(trace: LLMTrace, policy: str, *, n_instances: int = 64,
         "empty_hosts_mean": float(np.mean(series["empty_frac"])),
         "stranded_cpu_frac": float(np.mean(series["stranded_slots"])),
         "stranded_mem_frac": float(np.mean(series["stranded_kv"])),
-        "migrations": 0,
+        "migrations": out["migrations"], "migrations_failed": out["migrations_failed"],
+        "migrations_at_deadline": out["migrations_at_deadline"],
+        "instances_drained": len(out["drain_empty"]), "drain_requests": out["drain_requests"],
+        "drain_exited": out["drain_exited"], "drain_preempted": out["drain_preempted"],
+        "drain_s_mean": float(np.mean(done_s)) * step_s if done_s else None,
         "queue_wait_s_mean": out["wait_steps"] / max(out["waited"], 1) * step_s,
         "makespan_s": last_exit * step_s,
         "tokens_per_s": out["tokens_done"] / max(last_exit * step_s, 1e-9),
@@ -128,7 +193,8 @@ def simulate_llm(trace: LLMTrace, policy: str, *, n_instances: int = 64,
 
 
 def _python_loop(trace, eng, pred, arrive, *, cap, max_batch, step_s, t_cut, horizon, sample_dt,
-                 refresh_steps, probe) -> dict:
+                 refresh_steps, probe, drain_t, drain_len, drain_k, drain_offset, mig_rate, mig_dt,
+                 rank) -> dict:
     """The event loop (the reference of llm_native.py): counters and the sampled series."""
     n, n_instances, pol = len(arrive), eng.n_hosts, eng.policy
     ctx0, gen0 = trace.context.tolist(), trace.generated.tolist()
@@ -159,6 +225,17 @@ def _python_loop(trace, eng, pred, arrive, *, cap, max_batch, step_s, t_cut, hor
     series = {"t_s": [], "empty_frac": [], "stranded_kv": [], "stranded_slots": []}
     tokens_done = completed = 0
     last_exit = 0.0
+    # the drain: its instances (wave), which are draining now, the steps from the start until
+    # each is empty (-1: not yet), the requests still on them, the baselines' queue
+    wave: list = []
+    draining = [False] * n_instances
+    empty_after = [-1.0] * n_instances
+    pending: set = set()
+    dqueue: list = []
+    deadline = next_mig = math.inf
+    jit = isinstance(pol, LARS)
+    mig = {"migrations": 0, "migrations_failed": 0, "migrations_at_deadline": 0,
+           "drain_requests": 0, "drain_exited": 0, "drain_preempted": 0}
 
     def sync(h, now):
         used[h] += active[h] * (now - t_upd[h])
@@ -185,52 +262,103 @@ def _python_loop(trace, eng, pred, arrive, *, cap, max_batch, step_s, t_cut, hor
         active[h] -= 1
         eng.release(j, now, reindex=False)              # publish() re-indexes h
 
+    def place(j, c, now, r):
+        """The instance request ``j`` (``c`` tokens of KV, predicted remaining ``r``) is placed
+        on, or -1 where none has room; ``eng.need0[j]`` is set by the caller."""
+        failed = -1
+        while True:
+            h = eng.place(j, now, reindex=False, r=r)   # publish() re-indexes h
+            if h < 0:
+                return -1
+            sync(h, now)
+            if used[h] + c + 1 <= cap and active[h] < max_batch:
+                return h
+            eng.release(j, now, reindex=False)          # the index was stale: KV grew
+            publish(h, now)
+            if h == failed:
+                # h was exact already and the same pick would follow for ever: a prediction
+                # under one token (r < 1) asked for less than the token that admission
+                # needs. Ask for that token; wait if even that is not exact.
+                one = (c + 1) / cap
+                if eng.need0[j] >= one:
+                    return -1
+                eng.need0[j] = min(1.0, one)
+            failed = h
+
+    def settle(j, h, now):
+        """Request ``j`` starts (or goes on) decoding on ``h``, placed there already."""
+        rem = gen0[j] - done[j]
+        used[h] += ctx[j]
+        active[h] += 1
+        admitted_at[j] = now
+        pred.end_l[j] = pred.end[j] = now + rem            # the oracle knows the delay too
+        newest[h].append(j)
+        dep_ver[j] += 1
+        heapq.heappush(events, (now + rem, j, dep_ver[j]))
+        publish(h, now)
+
     def admit(now):
         nonlocal waited, wait_steps
         while queue:
             j = queue[0]
-            rem = gen0[j] - done[j]
             r = pred.remaining(j, now)
             eng.need0[j] = min(1.0, (ctx[j] + (r if lifetime_aware else 1)) / cap)
-            failed = -1
-            while True:
-                h = eng.place(j, now, reindex=False, r=r)   # publish() re-indexes h
-                if h < 0:
-                    return
-                sync(h, now)
-                if used[h] + ctx[j] + 1 <= cap and active[h] < max_batch:
-                    break
-                eng.release(j, now, reindex=False)      # the index was stale: KV grew
-                publish(h, now)
-                if h == failed:
-                    # h was exact already and the same pick would follow for ever: a
-                    # prediction under one token (r < 1) asked for less than the token that
-                    # admission needs. Ask for that token; wait if even that is not exact.
-                    one = (ctx[j] + 1) / cap
-                    if eng.need0[j] >= one:
-                        return
-                    eng.need0[j] = min(1.0, one)
-                failed = h
+            h = place(j, ctx[j], now, r)
+            if h < 0:
+                return
             queue.popleft()
             wait_steps += now - queued_at[j]
             waited += 1
-            used[h] += ctx[j]
-            active[h] += 1
-            admitted_at[j] = now
-            pred.end_l[j] = pred.end[j] = now + rem        # the oracle knows the delay too
-            newest[h].append(j)
-            dep_ver[j] += 1
-            heapq.heappush(events, (now + rem, j, dep_ver[j]))
-            publish(h, now)
+            settle(j, h, now)
 
-    now = 0.0
+    def drained_left(j, h, now):
+        pending.discard(j)
+        if active[h] == 0 and empty_after[h] < 0:
+            empty_after[h] = now - drain_start
+
+    def migrate(j, now):
+        """Move request ``j`` off its draining instance with its KV (context + generated
+        tokens): True if it moved, False (it stays, untouched) where no instance has room."""
+        src = int(eng.item_host[j])
+        sync(src, now)
+        g = int(round(now - admitted_at[j]))
+        c = ctx0[j] + done[j] + g
+        r = pred.remaining(j, now)
+        eng.release(j, now, reindex=False)
+        eng.need0[j] = min(1.0, (c + (r if lifetime_aware else 1)) / cap)
+        h = place(j, c, now, r)
+        if h < 0:
+            mig["migrations_failed"] += 1
+            eng.need0[j] = 0.0          # its KV is in used[] already; publish() sets the free KV
+            eng.assign(j, src, now, r, reindex=False)
+            publish(src, now)
+            return False
+        used[src] -= ctx[j] + (now - admitted_at[j])
+        active[src] -= 1
+        done[j] += g
+        ctx[j] = c
+        start_l[j] = now - done[j]
+        pred.start[j] = start_l[j]
+        mig["migrations"] += 1
+        settle(j, h, now)
+        publish(src, now)
+        drained_left(j, src, now)
+        return True
+
+    now = drain_start = 0.0
     while True:
         t_arr = arrive[i] if i < n else math.inf
         t_dep = events[0][0] if events else math.inf
         t_full = fulls[0][0] if fulls else math.inf
-        # the earliest of the four, min() unrolled (this runs once per event)
+        # the earliest of them, min() unrolled (this runs once per event)
         t_ev = t_dep if t_dep < t_full else t_full
         t_nx = next_sample if next_sample < next_refresh else next_refresh
+        if drain_t < t_nx:
+            t_nx = drain_t
+        if next_mig < t_nx:
+            t_nx = next_mig
+        if deadline < t_nx:
+            t_nx = deadline
         now = t_arr if t_arr < t_ev else t_ev
         if t_nx < now:
             now = t_nx
@@ -247,6 +375,9 @@ def _python_loop(trace, eng, pred, arrive, *, cap, max_batch, step_s, t_cut, hor
                 completed += 1
                 last_exit = now
                 publish(h, now)
+                if draining[h]:
+                    mig["drain_exited"] += 1
+                    drained_left(x, h, now)
                 admit(now)
             else:                                       # instance x's KV is full
                 _, x, v = heapq.heappop(fulls)
@@ -266,6 +397,9 @@ def _python_loop(trace, eng, pred, arrive, *, cap, max_batch, step_s, t_cut, hor
                 queued_at[j] = now
                 queue.appendleft(j)
                 publish(x, now)
+                if draining[x]:
+                    mig["drain_preempted"] += 1
+                    drained_left(j, x, now)
                 admit(now)
         elif now == t_arr:
             queued_at[i] = now
@@ -275,6 +409,37 @@ def _python_loop(trace, eng, pred, arrive, *, cap, max_batch, step_s, t_cut, hor
         elif now == next_refresh:
             eng.refresh(now)
             next_refresh += refresh_steps
+        elif now == drain_t:                # the drain: busy instances, spread over the ids
+            busy = [h for h in range(n_instances) if active[h]]
+            stride = max(1, len(busy) // drain_k)
+            wave = busy[drain_offset % stride:: stride][:drain_k]
+            for h in wave:
+                eng.exclude(h)
+                draining[h] = True
+                pending.update(eng.items[h])
+            mig["drain_requests"] = len(pending)
+            dqueue = sorted(pending, key=rank.__getitem__)
+            drain_start, deadline, drain_t = now, now + drain_len, math.inf
+            next_mig = now + mig_dt if pending else math.inf
+        elif now == next_mig:
+            slots = math.floor((deadline - now) * mig_rate + 1e-9)
+            j = pol.drain_next(eng, dqueue, pending, now, deadline, slots)
+            if j is not None and not migrate(j, now) and not jit:
+                dqueue.insert(0, j)         # no room anywhere: the next slot tries it again
+            next_mig = now + mig_dt if pending else math.inf
+        elif now == deadline:               # what is left migrates now; the instances return
+            for h in wave:
+                if draining[h]:
+                    for j in sorted(eng.items[h]):
+                        if migrate(j, now):
+                            mig["migrations_at_deadline"] += 1
+            for h in wave:
+                draining[h] = False
+                eng.excluded.discard(h)
+                eng._reindex(h, now)
+            pending.clear()
+            deadline = next_mig = math.inf
+            admit(now)
         else:
             if now <= horizon:
                 # sums in host order, one addition at a time (sum() of floats compensates
@@ -293,4 +458,5 @@ def _python_loop(trace, eng, pred, arrive, *, cap, max_batch, step_s, t_cut, hor
                 series["stranded_slots"].append(slots_free / n_instances)
             next_sample = next_sample + sample_dt if now <= horizon else math.inf
     return {"preemptions": preemptions, "waited": waited, "wait_steps": wait_steps,
-            "tokens_done": tokens_done, "last_exit": last_exit, "series": series}
+            "tokens_done": tokens_done, "last_exit": last_exit, "series": series, **mig,
+            "drain_empty": [empty_after[h] for h in wave]}

@@ -7,6 +7,9 @@ maint: the same trace with 10 % of the hosts (occupied ones) drained for mainten
 on four disjoint choices of those hosts, then in a rolling update of six waves (best-fit, LAVA,
 LARS, and the last two without the balance term). llm: a
 generated trace on decode instances, the baselines and LAVA, then LAVA's prediction variants.
+llm-maint: the same trace with 25 % of the instances (busy ones) drained, at three starts and on
+three disjoint choices of the instances each, with a 30 s and a 10 s deadline: best-fit, LAVA
+(the baselines' random drain order), LARS (just in time), and LARS's prediction variants.
 scale: the sizes of the issue (100,000 VMs on 5,000 hosts; 1,000,000 requests on 64 instances), one
 policy each, with the machine's load average beside the time. ``--backend`` chooses the llm event
 loop (auto: compiled where it builds; each llm row records the one that ran).
@@ -101,6 +104,42 @@ def run_llm(n, rate, instances, seed, backend="auto"):
     return rows
 
 
+_MAINT_POLICIES = [("best-fit", {}), ("lava", {}), ("lars", {}),
+                   ("lars", dict(mode="one-shot")), ("lars", dict(noise=1.0))]
+
+
+def run_llm_maint(n, rate, instances, seed, backend="auto"):
+    """Per (policy, deadline): each of the nine drains (start x instance choice) as a row, then
+    a summary row (``case`` "sum"): migrations, drained requests and those that exited summed,
+    the drain time, preemptions and tokens/s averaged over the nine."""
+    tr = generate_llm_trace(n, rate=rate, seed=seed)
+    rows = []
+    for deadline in (30.0, 10.0):
+        for p, kw in _MAINT_POLICIES:
+            runs = []
+            for at in (0.2, 0.5, 0.8):
+                for off in range(3):
+                    r = _row(simulate_llm(tr, p, n_instances=instances, kv_block_requests=0,
+                                          backend=backend, drain_frac=0.25, drain_at=at,
+                                          drain_offset=off, drain_deadline_s=deadline, **kw),
+                             seed=seed, drain_frac=0.25, drain_at=at, drain_offset=off,
+                             drain_deadline_s=deadline)
+                    runs.append(r)
+            rows += runs
+            drains = [r["drain_s_mean"] for r in runs if r["drain_s_mean"] is not None]
+            rows.append({
+                "case": "sum", "policy": p, "mode": runs[0]["mode"], "noise": runs[0]["noise"],
+                "seed": seed, "drain_deadline_s": deadline, "drains": len(runs),
+                **{k: sum(r[k] for r in runs) for k in (
+                    "migrations", "migrations_failed", "migrations_at_deadline",
+                    "drain_requests", "drain_exited", "drain_preempted")},
+                "drain_s_mean": float(np.mean(drains)) if drains else None,
+                "preemptions_mean": float(np.mean([r["preemptions"] for r in runs])),
+                "tokens_per_s_mean": float(np.mean([r["tokens_per_s"] for r in runs])),
+                "backend": runs[0]["backend"], "load_avg_1m": os.getloadavg()[0]})
+    return rows
+
+
 def run_scale(which, backend="auto"):
     rows = []
     if which in ("vm", "both"):
@@ -116,14 +155,15 @@ def run_scale(which, backend="auto"):
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m flashkit.placement.targets", description=__doc__)
-    p.add_argument("what", choices=["vm", "maint", "llm", "scale"])
+    p.add_argument("what", choices=["vm", "maint", "llm", "llm-maint", "scale"])
     p.add_argument("--n", type=int, help="VMs (vm, default 100000) or requests (llm, 30000)")
     p.add_argument("--rate", type=float, default=90.0, help="llm: requests per s (90)")
     p.add_argument("--instances", type=int, default=16, help="llm: instances (16)")
     p.add_argument("--scale", choices=["vm", "llm", "both"], default="both")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--backend", choices=["auto", "python", "ninja"], default="auto",
-                   help="llm, scale: the llm event loop (auto: compiled where it builds)")
+                   help="llm, llm-maint, scale: the llm event loop (auto: compiled where it "
+                        "builds)")
     p.add_argument("--out", required=True, help="JSON file to write")
     a = p.parse_args(argv)
     t0 = time.perf_counter()
@@ -133,6 +173,8 @@ def main(argv=None) -> int:
         rows = run_maint(a.n or 100_000, a.seed)
     elif a.what == "llm":
         rows = run_llm(a.n or 30_000, a.rate, a.instances, a.seed, a.backend)
+    elif a.what == "llm-maint":
+        rows = run_llm_maint(a.n or 30_000, a.rate, a.instances, a.seed, a.backend)
     else:
         rows = run_scale(a.scale, a.backend)
     try:

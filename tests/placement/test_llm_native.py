@@ -62,6 +62,42 @@ def test_compiled_loop_matches_python(n, rate, hosts, kv, batch, policy, mode, n
     assert want["preemptions"] > 0 or want["empty_hosts_mean"] > 0
 
 
+# the same with an instance drain: (..., seed, drain_frac, drain_deadline_s, mig_per_s), the
+# drain starting at 0.2 of the measured window. Every case has failed migrations (no instance
+# with room: retried per slot, and at the deadline) and all but the last moves some at the
+# deadline; first-fit and lars on 40 instances also preempt requests off drained instances
+DRAIN_CASES = [
+    (2000, 200, 4, 16384, 64, "best-fit", "repredict", 0.0, 0.0, 1, 0.5, 3.0, 16.0),
+    (2000, 200, 4, 16384, 64, "lars", "repredict", 0.0, 1.0, 1, 0.5, 3.0, 16.0),
+    (2000, 60, 12, 32768, 64, "lars", "repredict", 1.0, 0.0, 2, 0.25, 5.0, 4.0),
+    (2000, 60, 12, 32768, 64, "lava", "one-shot", 0.5, 0.0, 3, 0.25, 5.0, 4.0),
+    (2000, 300, 7, 32768, 64, "nilas", "oracle", 0.5, 0.5, 3, 0.3, 2.0, 30.0),
+    (2000, 300, 7, 32768, 64, "lars", "oracle", 0.25, 0.0, 3, 0.3, 1.5, 10.0),
+    (2000, 100, 40, 32768, 32, "first-fit", "repredict", 0.0, 0.0, 4, 0.5, 5.0, 50.0),
+    (2000, 100, 40, 32768, 32, "lars", "one-shot", 0.0, 2.0, 5, 0.5, 5.0, 50.0),
+    # three instances, one drained: no failures, LARS waits and empties it at the deadline
+    (2000, 100, 3, 65536, 256, "lars", "repredict", 2.0, 0.0, 8, 0.34, 8.0, 2.0),
+]
+
+
+@native
+@pytest.mark.parametrize("n, rate, hosts, kv, batch, policy, mode, noise, balance, seed, frac, "
+                         "deadline, mig", DRAIN_CASES,
+                         ids=[f"{c[5]}-{c[6]}-{c[2]}hosts-drain{c[10]}" for c in DRAIN_CASES])
+def test_compiled_loop_matches_python_with_a_drain(n, rate, hosts, kv, batch, policy, mode, noise,
+                                                   balance, seed, frac, deadline, mig):
+    tr = generate_llm_trace(n, rate=rate, seed=seed)
+    kw = dict(n_instances=hosts, kv_tokens=kv, max_batch=batch, mode=mode, noise=noise,
+              balance=balance, kv_block_requests=0, seed=seed, drain_frac=frac, drain_at=0.2,
+              drain_deadline_s=deadline, mig_per_s=mig)
+    want = simulate_llm(tr, policy, backend="python", **kw)
+    assert _metrics(simulate_llm(tr, policy, backend="ninja", **kw)) == _metrics(want)
+    assert want["migrations"] > 0 and want["instances_drained"] >= 1
+    assert want["migrations_failed"] > 0 or want["drain_s_mean"] is not None
+    assert want["drain_requests"] >= (want["migrations"] + want["drain_exited"]
+                                      + want["drain_preempted"])
+
+
 def test_ordered_index_searches_the_lowest_ids():
     # 40 hosts with ids 100-139 in one cell: their set's table has 128 slots, so its order
     # wraps (128 first); the ordered index compares the 32 lowest fitting ids, whatever the set
@@ -100,6 +136,12 @@ def test_compiled_loop_matches_python_on_random_settings(seed):
     policy = str(rng.choice(["first-fit", "best-fit", "nilas", "lava", "lars"]))
     tr = generate_llm_trace(int(rng.integers(300, 1500)),
                             rate=float(rng.uniform(0.5, 40) * hosts * batch / 64 + 1), seed=seed)
+    # and a drain in most: a deadline within the trace, slots from scarce to plenty
+    n = len(tr)
+    window = tr.arrival[-1] - tr.arrival[max(1, int(kw["fit_fraction"] * n)) - 1]
+    kw.update(drain_frac=float(rng.choice([0.0, 0.3, 0.6])), drain_at=0.3,
+              drain_deadline_s=float(window * rng.uniform(0.05, 0.65)),
+              mig_per_s=float(rng.choice([2.0, 16.0, 200.0])), drain_offset=int(rng.integers(3)))
     want = simulate_llm(tr, policy, backend="python", **kw)
     assert _metrics(simulate_llm(tr, policy, backend="ninja", **kw)) == _metrics(want)
 
@@ -204,7 +246,10 @@ def test_the_binding_guards_its_arrays():
               grid_per_doubling=4.0, grid_points=96, hosts=2, q=16, n_classes=14, r0=16.0,
               statics=np.zeros((14, 1, 15 * 17 * 17)), balance=0.0, by_id=1.0,
               uses_lifetime=True, key_is_id=False, cap=1000.0, max_batch=4, next_sample=0.0,
-              sample_dt=1.0, horizon=1.0, refresh_steps=256.0, probe=10.0, step_s=0.025)
+              sample_dt=1.0, horizon=1.0, refresh_steps=256.0, probe=10.0, step_s=0.025,
+              drain_t=np.inf, drain_len=0.0, drain_k=0, drain_offset=0, mig_rate=1.0,
+              mig_dt=1.0, rank=ints, just_in_time=False, knots=np.zeros(0), surv=np.zeros(0),
+              base=np.zeros(0), t_ref=np.zeros(0))
     with pytest.raises(ValueError, match="shape \\[n\\]"):
         llm_native._module.run(**kw)
     kw["cls"] = np.array([0, 5, 0])
@@ -215,4 +260,14 @@ def test_the_binding_guards_its_arrays():
         llm_native._module.run(**kw)
     kw["mult"], kw["statics"] = one, np.zeros((14, 2, 10))
     with pytest.raises(ValueError, match="statics"):
+        llm_native._module.run(**kw)
+    kw["statics"] = np.zeros((14, 1, 15 * 17 * 17))
+    kw.update(drain_t=0.5, drain_len=10.0, drain_k=1, rank=ints[:2])
+    with pytest.raises(ValueError, match="rank must have shape"):
+        llm_native._module.run(**kw)
+    kw.update(rank=ints, just_in_time=True)
+    with pytest.raises(ValueError, match="survival table"):
+        llm_native._module.run(**kw)
+    kw.update(just_in_time=False, mig_rate=0.0)
+    with pytest.raises(ValueError, match="mig_rate"):
         llm_native._module.run(**kw)
