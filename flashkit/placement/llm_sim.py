@@ -301,6 +301,8 @@ def _python_loop(trace, eng, pred, arrive, *, cap, max_batch, step_s, t_cut, hor
         nonlocal waited, wait_steps
         while queue:
             j = queue[0]
+            # age = tokens generated so far: time spent in the queue is not decoding
+            start_l[j] = pred.start[j] = now - done[j]
             r = pred.remaining(j, now)
             eng.need0[j] = min(1.0, (ctx[j] + (r if lifetime_aware else 1)) / cap)
             h = place(j, ctx[j], now, r)
