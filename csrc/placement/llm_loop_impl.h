@@ -192,7 +192,8 @@ inline void LLMLoop::admit(double now) {
   const bool lifetime_aware = a_.uses_lifetime;
   while (!queue_.empty()) {
     const int64_t j = queue_.front();
-    start_[j] = now - static_cast<double>(done_[j]);  // age = tokens generated: a wait is not
+    // age = tokens generated so far: time spent in the queue is not decoding
+    start_[j] = now - static_cast<double>(done_[j]);
     const double r = remaining(j, now);
     const double x = lifetime_aware ? (static_cast<double>(ctx_[j]) + r) / a_.cap
                                     : static_cast<double>(ctx_[j] + 1) / a_.cap;
