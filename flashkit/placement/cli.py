@@ -69,8 +69,9 @@ def _cmd_sim(args) -> int:
             trace = read_vm_trace(args.trace, args.machine_id)
 
             def run(p):
+                drain = {} if args.drain_frac is None else {"maint_frac": args.drain_frac}
                 return simulate_vm(trace, p, n_hosts=args.hosts, mode=args.mode,
-                                   noise=args.noise, seed=args.seed)
+                                   noise=args.noise, seed=args.seed, **drain)
         else:
             trace = read_llm_trace(args.trace)
 
@@ -79,17 +80,22 @@ def _cmd_sim(args) -> int:
                                     kv_tokens=args.kv_tokens, max_batch=args.max_batch,
                                     mode=args.mode, noise=args.noise, seed=args.seed,
                                     kv_block_requests=args.kv_block_requests,
-                                    backend=args.backend)
+                                    backend=args.backend, drain_frac=args.drain_frac or 0.0)
         for p in policies:
             results.append(run(p))
     except (OSError, ValueError, BackendUnavailableError) as e:
         return _fail("placement-sim", e)
     for r in results:
-        extra = (f", migrations {r['migrations']}, drain {r['drain_hours_mean']:.2f} h"
-                 if args.domain == "vm" and r.get("drain_hours_mean") is not None else
-                 f", preemptions {r['preemptions']}, empty KV blocks "
-                 f"{r['kv_empty_blocks_mean']:.3f}, KV fragmentation "
-                 f"{r['kv_fragmentation']:.3f}" if args.domain == "llm" else "")
+        extra = ""
+        if args.domain == "vm" and r.get("drain_hours_mean") is not None:
+            extra = f", migrations {r['migrations']}, drain {r['drain_hours_mean']:.2f} h"
+        elif args.domain == "llm":
+            extra = f", preemptions {r['preemptions']}"
+            if r["kv_empty_blocks_mean"] is not None:
+                extra += (f", empty KV blocks {r['kv_empty_blocks_mean']:.3f}, KV fragmentation "
+                          f"{r['kv_fragmentation']:.3f}")
+            if r.get("drain_s_mean") is not None:
+                extra += f", migrations {r['migrations']}, drain {r['drain_s_mean']:.1f} s"
         print(f"{r['policy']} ({r['mode']}, noise {r['noise']:g}) on {r['hosts']} hosts: empty "
               f"{r['empty_hosts_mean']:.4f}, stranded cpu {r['stranded_cpu_frac']:.4f}, mem "
               f"{r['stranded_mem_frac']:.4f}{extra} [{r['seconds']:.1f} s]")
@@ -135,6 +141,10 @@ def add_parser(subparsers) -> None:
     sim.add_argument("--backend", choices=["auto", "python", "ninja"], default="auto",
                      help="llm: the event loop, compiled (ninja, up to 512 instances) or Python; "
                      "auto: compiled where it builds (default)")
+    sim.add_argument("--drain-frac", type=float,
+                     help="share of the hosts drained for maintenance halfway through the "
+                          "measured window (vm: default 0.01, deadline a day; llm: default 0, "
+                          "deadline 30 s)")
     sim.add_argument("--json", help="write one object per policy here (a list)")
     sim.add_argument("--plot", help="PNG of empty hosts and stranding over time (matplotlib)")
     sim.set_defaults(fn=_cmd_sim)

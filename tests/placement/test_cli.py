@@ -33,12 +33,30 @@ def test_vm_and_llm_end_to_end(tmp_path, capsys):
     assert "lava (repredict" in capsys.readouterr().out
 
 
+def test_drain_frac_drains_in_both_domains(tmp_path, capsys):
+    vm, llm = str(tmp_path / "v.sqlite"), str(tmp_path / "l.csv")
+    assert main(["placement-trace", "--domain", "vm", "--n", "2000", "--days", "3",
+                 "--out", vm]) == 0
+    assert main(["placement-trace", "--domain", "llm", "--n", "3000", "--rate", "10",
+                 "--out", llm]) == 0
+    for domain, trace, hosts, key in (("vm", vm, [], "drain_hours_mean"),
+                                      ("llm", llm, ["--hosts", "4"], "drain_s_mean")):
+        out = tmp_path / f"{domain}.json"
+        assert main(["placement-sim", "--trace", trace, "--domain", domain, *hosts,
+                     "--policy", "best-fit", "--policy", "lars", "--drain-frac", "0.5",
+                     "--kv-block-requests", "0", "--json", str(out)]) == 0
+        rows = json.loads(out.read_text())
+        assert all(r[key] is not None and r["migrations"] + r["drain_exited"] > 0 for r in rows)
+        assert "migrations" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("argv, msg", [
     (["--trace", "/nonexistent.sqlite", "--domain", "vm"], "no such file"),
     (["--trace", "{csv}", "--domain", "vm"], "not an sqlite"),
     (["--trace", "{csv}", "--domain", "llm", "--hosts", "0"], "n_instances"),
     (["--trace", "{csv}", "--domain", "llm", "--hosts", "600", "--backend", "ninja"],
      "up to 512 instances"),
+    (["--trace", "{csv}", "--domain", "llm", "--drain-frac", "1.5"], "drain_frac"),
 ])
 def test_bad_files_and_values_exit_2(tmp_path, capsys, argv, msg):
     csv = tmp_path / "t.csv"
