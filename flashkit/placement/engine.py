@@ -267,6 +267,18 @@ class PlacementEngine:
         self.excluded.add(h)
         self.index.put(h, -1)
 
+    def drain(self, hosts: list[int], k: int, offset: int) -> tuple[list[int], set]:
+        """Start a maintenance wave: ``k`` of ``hosts`` spread over the list (every
+        ``len // k``-th, from ``offset``: offsets below that stride pick disjoint waves) are
+        excluded; returns them and the items they hold."""
+        stride = max(1, len(hosts) // k)
+        wave = hosts[offset % stride:: stride][:k]
+        items: set = set()
+        for h in wave:
+            self.exclude(h)
+            items.update(self.items[h])
+        return wave, items
+
     def refresh(self, now: float) -> None:
         """Repredict every placed item at ``now`` and re-class the hosts that changed."""
         placed = np.flatnonzero(self.item_host >= 0)

@@ -412,13 +412,11 @@ def _python_loop(trace, eng, pred, arrive, *, cap, max_batch, step_s, t_cut, hor
             eng.refresh(now)
             next_refresh += refresh_steps
         elif now == drain_t:                # the drain: busy instances, spread over the ids
-            busy = [h for h in range(n_instances) if active[h]]
-            stride = max(1, len(busy) // drain_k)
-            wave = busy[drain_offset % stride:: stride][:drain_k]
+            wave, items = eng.drain([h for h in range(n_instances) if active[h]], drain_k,
+                                    drain_offset)
             for h in wave:
-                eng.exclude(h)
                 draining[h] = True
-                pending.update(eng.items[h])
+            pending.update(items)
             mig["drain_requests"] = len(pending)
             dqueue = sorted(pending, key=rank.__getitem__)
             drain_start, deadline, drain_t = now, now + drain_len, math.inf

@@ -187,13 +187,10 @@ def simulate_vm(trace: VMTrace, policy: str, *, n_hosts: int | None = None,
             queue, pending, next_mig, deadline = [], set(), math.inf, math.inf
         elif now == t_maint:            # a wave: hosts not drained before, spread over ids
             occupied = [h for h in range(n_hosts) if eng.items[h] and h not in drained]
-            k = max(1, round(maint_frac * n_hosts))
-            stride = max(1, len(occupied) // k)
-            wave = occupied[maint_offset % stride:: stride][:k]
+            wave, items = eng.drain(occupied, max(1, round(maint_frac * n_hosts)), maint_offset)
             for h in wave:
-                eng.exclude(h)
                 drained[h] = None
-                pending.update(eng.items[h])
+            pending.update(items)
             drain_vms += len(pending)
             queue = pol.drain_order(eng, sorted(pending), now, now + deadline_days, rng)
             wave_start, deadline = now, now + deadline_days
