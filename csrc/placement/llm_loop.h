@@ -186,7 +186,7 @@ class LLMLoop {
     cell_of_[h] = c;
   }
 
-  // PlacementEngine._reindex (no host is ever excluded in the llm domain). The host's buckets
+  // PlacementEngine._reindex (a draining host stays out of the index). The host's buckets
   // are kept beside its cell: the scan then tests them without two integer divisions per host
   // (cell / w % w, cell % w; 1.35 vs 1.24 s for the 1M-request loop, mean of two alternating
   // runs each on the shared 2-core machine, where one run varies by 30 %).
