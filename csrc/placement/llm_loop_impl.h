@@ -271,8 +271,7 @@ inline LLMLoopResult LLMLoop::run() {
         stack.pop_back();
         leave(j, x_full, now);
         done_[j] += static_cast<int64_t>(std::nearbyint(now - admitted_at_[j]));
-        ctx_[j] = a_.ctx0[j] + done_[j];
-        start_[j] = now - static_cast<double>(done_[j]);
+        ctx_[j] = a_.ctx0[j] + done_[j];  // its age is set when it is admitted again
         ++dep_ver_[j];
         ++res_.preemptions;
         queued_at_[j] = now;

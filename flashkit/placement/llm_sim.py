@@ -36,8 +36,8 @@ __all__ = ["simulate_llm", "MIG_PER_S"]
 MIG_PER_S = 16.0
 
 
-def _drain_args(trace, drain_frac, drain_at, drain_deadline_s, mig_per_s, drain_offset,
-                n_instances, step_s, fit_fraction, seed) -> dict:
+def _drain_args(n, t_cut, horizon, drain_frac, drain_at, drain_deadline_s, mig_per_s,
+                drain_offset, n_instances, step_s, seed) -> dict:
     """The drain scenario as the loops read it, in decode steps (drain_t inf: no drain), and
     ``rank``: a random permutation of all requests drawn before the run, the baselines' drain
     order (restricted to the drained requests, a uniformly random order of them), fixed
@@ -54,9 +54,6 @@ def _drain_args(trace, drain_frac, drain_at, drain_deadline_s, mig_per_s, drain_
                mig_dt=1.0, rank=None)
     if drain_frac == 0:
         return off
-    n = len(trace)
-    arrive = trace.arrival / step_s
-    t_cut, horizon = float(arrive[max(1, int(fit_fraction * n)) - 1]), float(arrive[-1])
     t = t_cut + (horizon - t_cut) * drain_at
     steps = drain_deadline_s / step_s
     if t + steps > horizon:
@@ -124,8 +121,12 @@ def simulate_llm(trace: LLMTrace, policy: str, *, n_instances: int = 64,
         raise ValueError("fit_fraction must be in (0, 1) and step_s > 0")
     if not (isinstance(refresh_steps, (int, float)) and 0 < refresh_steps < math.inf):
         raise ValueError(f"refresh_steps must be a finite number > 0, got {refresh_steps!r}")
-    drain = _drain_args(trace, drain_frac, drain_at, drain_deadline_s, mig_per_s, drain_offset,
-                        n_instances, step_s, fit_fraction, seed)
+    n = len(trace)
+    cut_i = max(1, int(fit_fraction * n))
+    # the measured window, in decode steps: after the fit window up to the last arrival
+    t_cut, horizon = float(trace.arrival[cut_i - 1] / step_s), float(trace.arrival[-1] / step_s)
+    drain = _drain_args(n, t_cut, horizon, drain_frac, drain_at, drain_deadline_s, mig_per_s,
+                        drain_offset, n_instances, step_s, seed)
     if backend not in llm_native.BACKENDS:
         raise ValueError(f"backend must be one of {llm_native.BACKENDS}, got {backend!r}")
     big = np.flatnonzero(trace.context + trace.generated > kv_tokens)
@@ -138,10 +139,8 @@ def simulate_llm(trace: LLMTrace, policy: str, *, n_instances: int = 64,
     # before the clock starts: a first call may build the compiled loop (seconds, then cached)
     backend = llm_native.resolve_backend(backend, n_instances <= engine_mod._SCAN_HOSTS)
     t0 = time.perf_counter()
-    n = len(trace)
     arrive = (trace.arrival / step_s).tolist()
     classes = np.floor(np.log2(np.maximum(trace.context, 1))).astype(np.int64)
-    cut_i = max(1, int(fit_fraction * n))
     # history: requests of the fit window, their lifetimes fully observed
     model = LifetimeModel(trace.generated[:cut_i].astype(float), classes[:cut_i])
     pred = Predictor(model, mode, noise=noise, age0=1.0, seed=seed)
@@ -149,7 +148,6 @@ def simulate_llm(trace: LLMTrace, policy: str, *, n_instances: int = 64,
     need0 = ((trace.context + 1) / float(kv_tokens)).clip(max=1.0)
     eng = PlacementEngine(n_instances, pol, pred, np.maximum(need0, 1e-9),
                           np.full(n, 1.0 / max_batch), r0=16.0, ordered=True)
-    t_cut, horizon = arrive[cut_i - 1], arrive[-1]
     consts = dict(max_batch=max_batch, step_s=step_s, t_cut=t_cut, horizon=horizon,
                   sample_dt=max((horizon - t_cut) / samples, 1e-9), refresh_steps=refresh_steps,
                   probe=float(np.median(trace.context)), **drain)
@@ -391,9 +389,7 @@ def _python_loop(trace, eng, pred, arrive, *, cap, max_batch, step_s, t_cut, hor
                 j = stack.pop()
                 leave(j, x, now)
                 done[j] += int(round(now - admitted_at[j]))
-                ctx[j] = ctx0[j] + done[j]
-                start_l[j] = now - done[j]
-                pred.start[j] = start_l[j]
+                ctx[j] = ctx0[j] + done[j]          # its age is set when admit() takes it
                 dep_ver[j] += 1
                 preemptions += 1
                 queued_at[j] = now
