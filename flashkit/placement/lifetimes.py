@@ -238,6 +238,7 @@ class Predictor:
         self.table = np.stack(rows)
         self.means = self.table[:, 0].copy()
         self.table_l, self.means_l = self.table.tolist(), self.means.tolist()
+        self._survival = None               # survival_table(), once alive_at needs it
         self._items = 0
 
     def bind(self, classes, starts, ends):
@@ -284,31 +285,34 @@ class Predictor:
         d = until - now
         if self.mode != "repredict":
             return (self.remaining_many(items, now) > d).astype(np.float64)
-        if not hasattr(self, "_knots"):
-            self._survival_table()
+        knots, surv, bases, t_ref = self.survival_table()
         age = np.maximum(now - self.start[items], 0.0)
         cls = self.cls[items]
-        base, half = self._base[cls], self._base[1] / 2 if self._base.size > 1 else np.inf
-        s0 = self._s[np.searchsorted(self._knots, base + np.minimum(age, half), side="right") - 1]
-        s1 = self._s[np.searchsorted(self._knots, base + np.minimum(age + d / self.mult[items], half),
-                                     side="right") - 1]
+        base, half = bases[cls], bases[1] / 2 if bases.size > 1 else np.inf
+        s0 = surv[np.searchsorted(knots, base + np.minimum(age, half), side="right") - 1]
+        s1 = surv[np.searchsorted(knots, base + np.minimum(age + d / self.mult[items], half),
+                                  side="right") - 1]
         with np.errstate(divide="ignore", invalid="ignore"):
             ratio = s1 / s0
             r = np.maximum(self.remaining_many(items, now) / self.mult[items], 1e-12)
             pareto = (age / (age + d / self.mult[items])) ** (1 + age / r)
-        dense = (s0 > 0) & (age < self._t_ref[cls])
+        dense = (s0 > 0) & (age < t_ref[cls])
         return np.where(dense, ratio, np.where(age > 0, pareto, 0.0))
 
-    def _survival_table(self) -> None:
-        """Every class's step curve in one sorted array: class c's knots shifted by c x a
-        span longer than any age, S beyond a curve's last knot 0, so one searchsorted looks
-        up S(age) for items of mixed classes (ages up to half the span, 1e6 time units)."""
-        curves = [self.model.curve(c) for c in range(self.model.n_classes + 1)]
-        span = max(1e6, 4.0 * max(float(c.knots[-1]) for c in curves))
-        self._base = span * np.arange(len(curves), dtype=np.float64)
-        self._knots = np.concatenate([c.knots + b for c, b in zip(curves, self._base)])
-        self._s = np.concatenate([np.append(c.s, 0.0) for c in curves])
-        self._t_ref = np.array([c._t_ref for c in curves])
+    def survival_table(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Every class's step curve in one sorted array, built once: (knots [k], S [k] on
+        [knots[i], knots[i + 1]), base [classes], t_ref [classes]). Class c's knots are shifted
+        by base[c] = c x a span longer than any age, S beyond a curve's last knot is 0, so one
+        searchsorted looks up S(age) for items of mixed classes (ages up to half the span, 1e6
+        time units); t_ref: where each curve turns sparse (:class:`SurvivalCurve`)."""
+        if self._survival is None:
+            curves = [self.model.curve(c) for c in range(self.model.n_classes + 1)]
+            span = max(1e6, 4.0 * max(float(c.knots[-1]) for c in curves))
+            base = span * np.arange(len(curves), dtype=np.float64)
+            self._survival = (np.concatenate([c.knots + b for c, b in zip(curves, base)]),
+                              np.concatenate([np.append(c.s, 0.0) for c in curves]), base,
+                              np.array([c._t_ref for c in curves]))
+        return self._survival
 
     def remaining_many(self, items: np.ndarray, now: float) -> np.ndarray:
         """Vectorized :meth:`remaining` for an int array of bound items."""

@@ -127,9 +127,7 @@ def run_llm_loop(trace, eng, pred, arrive, *, cap, max_batch, step_s, t_cut, hor
     empty = np.zeros(0)
     knots = surv = base = t_ref = empty
     if drain_t < np.inf and jit_drain and pred.mode == "repredict":
-        if not hasattr(pred, "_knots"):
-            pred._survival_table()
-        knots, surv, base, t_ref = pred._knots, pred._s, pred._base, pred._t_ref
+        knots, surv, base, t_ref = pred.survival_table()
     r = _module.run(
         arrive=np.asarray(arrive, np.float64), ctx0=trace.context, gen0=trace.generated,
         cls=pred.cls, mult=pred.mult, start=pred.start, end=pred.end, mode=_MODES[pred.mode],
