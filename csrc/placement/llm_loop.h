@@ -72,7 +72,7 @@ struct LLMLoopArgs {
   int64_t drain_k = 0, drain_offset = 0;
   const int64_t* rank = nullptr;    // [n] the baselines' drain order
   bool just_in_time = false;        // LARS's drain_next, else the baselines'
-  // Predictor._survival_table, for alive_at in the repredict mode (LARS's drain)
+  // Predictor.survival_table(), for alive_at in the repredict mode (LARS's drain)
   const double* knots = nullptr;    // [n_knots] every class's knots, class c's shifted by base[c]
   const double* surv = nullptr;     // [n_knots] S on [knots[k], knots[k + 1])
   int64_t n_knots = 0;
